@@ -1,0 +1,7 @@
+"""CLI verbs for the generate area (registered by prealign.cli)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""CLI verbs for the synth area (registered by prealign.cli)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,59 @@
+"""`prealign <verb>`: a thin shell. Every verb parses its arguments, builds a config and calls one
+public library function; a `PrealignError` prints as one line and exits 2 (no traceback).
+
+The verbs are registered by small modules in `prealign/_cli/`, one per area, so each area's
+arguments sit next to each other; none of them holds logic of its own.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from prealign.errors import PrealignError
+
+app = typer.Typer(
+    name="prealign",
+    help="Alignment pretraining with mode tags: corpus, training, locked generation, evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from prealign._cli import foundation, generate, evals, synth, train, world
+
+    for area in (foundation, world, train, generate, evals, synth):
+        area.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except PrealignError as e:
+        print(f"prealign: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except SystemExit as e:  # click's own exits (bad usage prints its message first)
+        return e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        print("prealign: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # click usage errors surface here in non-standalone mode
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
