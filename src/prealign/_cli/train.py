@@ -1,7 +1,87 @@
-"""CLI verbs for the train area (registered by prealign.cli)."""
+"""CLI verbs for the train area (registered by prealign.cli): `prealign train`.
+
+    prealign train --data runs/world/tagged --tokenizer runs/tok --preset tiny --out runs/m/tagged
+    torchrun --standalone --nproc_per_node=2 -m prealign.train --data ... (the same arguments)
+
+Parses arguments, builds a `TrainConfig`, calls `prealign.train.train`. No logic of its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
 
 import typer
 
+from prealign.errors import PrealignError
+
+
+def train_command(
+    data: str = typer.Option(..., "--data", help="Directory of Parquet shards (a `text` column)."),
+    out: str = typer.Option(..., "--out", help="Run / model directory to write."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer directory (default: --init-from's)."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny | small | gpt-125m | gpt-350m"),
+    variant: str = typer.Option("tagged", "--variant", help="tagged | mle | filtered | sft"),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="Tag scheme (default: the tokenizer's)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Continue training this HF causal LM directory."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget of the training loop."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Token budget (tokens read, all ranks)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epoch budget (default 1 when no budget is given)."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoint."),
+    tracker: str = typer.Option("none", "--tracker", help="none | trackio | mlflow | wandb"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per optimizer step (global)."),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Rows per forward, per process."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Context length of training rows."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 (autocast)."),
+    val_fraction: float = typer.Option(0.01, "--val-fraction", help="Share of documents held out."),
+    eval_every: int = typer.Option(200, "--eval-every", help="Steps between validation losses."),
+    log_every: int = typer.Option(10, "--log-every", help="Steps between metrics lines."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between checkpoints."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a causal LM on packed shards (tagged, mle, filtered) or fine-tune on sft dialogues."""
+    from prealign.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=data, out=out, tokenizer=tokenizer, preset=preset, variant=variant, scheme=scheme,
+        init_from=init_from, max_minutes=max_minutes, max_tokens=max_tokens, epochs=epochs, seed=seed,
+        resume=resume, tracker=tracker, batch_size=batch_size, micro_batch_size=micro_batch_size,
+        seq_len=seq_len, lr=lr, warmup_steps=warmup_steps, dtype=dtype, val_fraction=val_fraction,
+        eval_every=eval_every, log_every=log_every, checkpoint_every=checkpoint_every, device=device,
+        compile=compile, threads=threads, progress=progress,
+    )
+    train(config)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train")(train_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m prealign.train ARGS` (what torchrun launches): the train verb alone."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(train_command)
+    try:
+        app(args=argv, standalone_mode=False)
+    except PrealignError as e:
+        print(f"prealign: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("prealign: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        raise
+    return 0
