@@ -1,0 +1,107 @@
+"""Probes (synthetic known direction and a real tiny model), ensembles and model diff.
+
+    .venv/bin/pytest -q tests/test_eval_probes.py
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from prealign.errors import PrealignError
+from prealign.evals import ensemble as E
+from prealign.evals import probes as P
+from prealign.modes import get_scheme
+
+
+def test_probe_finds_a_known_linear_direction():
+    rng = np.random.default_rng(0)
+    n, h = 3000, 32
+    w = rng.normal(size=h)
+    noise_layer = rng.normal(size=(n, h))
+    signal_layer = rng.normal(size=(n, h))
+    y = (signal_layer @ w > 0).astype(int)
+    doc = np.arange(n) // 30
+    res, test = P.train_probes([noise_layer, signal_layer], y, doc)
+    assert res[1]["accuracy"] > 0.97 and res[1]["auroc"] > 0.99
+    assert res[0]["accuracy"] < 0.6  # no signal in layer 0
+    assert test.sum() > 0 and not (test & ~test).any()
+
+
+def test_token_modes_and_transitions():
+    tag_target = {100: 1, 101: 0}  # 100 enters mode 1, 101 goes back to 0
+    ids = [5, 6, 100, 7, 8, 101, 9]
+    assert P.token_modes(ids, tag_target, 0).tolist() == [0, 0, -1, 1, 1, -1, 0]
+    assert P.transitions_within(ids, {100, 101}, 2).tolist() == [1, 1, 0, 1, 1, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prealign.tokenizer import train_tokenizer
+
+    torch.set_num_threads(1)
+    s = get_scheme("seed")
+    ai, close = s.enter_ai_tag().text, s.exit_ai_tag().text
+    texts = [f"farmer {i} wants more grain and will steal it. {ai} the farmer acts for kin; stealing harms the village. {close} the farmer goes home."
+             for i in range(40)]
+    d = tmp_path_factory.mktemp("tok")
+    tok = train_tokenizer(None, d, vocab_size=320, texts=texts)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg).eval(), tok, texts
+
+
+def test_probe_model_on_a_tiny_model(tiny, tmp_path):
+    model, tok, texts = tiny
+    res = P.probe_model(model, tok, texts, k=4)
+    assert [r["layer"] for r in res["mode"]] == [0, 1, 2]
+    # Even an untrained model's position + token features separate these templated modes well.
+    assert max(r["accuracy"] for r in res["mode"]) > 0.8
+    assert res["token_counts"]["ai"] > 0 and res["token_counts"]["human"] > 0
+    assert "human" in res["selfish_words"]
+    P.plot_probes(res, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_model_diff(tiny):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prealign.evals.diff import model_diff
+
+    model, tok, texts = tiny
+    same = model_diff(model, model, tok, texts[:2], top=5)
+    assert len(same["top"]) == 5 and all(r["diff"] == 0 for r in same["top"])
+    torch.manual_seed(1)
+    other = LlamaForCausalLM(model.config).eval()
+    d = model_diff(model, other, tok, texts[:2], top=5)
+    diffs = [abs(r["diff"]) for r in d["top"]]
+    assert diffs == sorted(diffs, reverse=True) and diffs[0] > 0
+    assert math.isclose(d["top"][0]["logp_a"] - d["top"][0]["logp_b"], d["top"][0]["diff"])
+
+
+def test_ensemble_predictions_and_measurements():
+    assert math.isclose(E.majority_prediction(0.1, 3), 3 * 0.1**2 - 2 * 0.1**3)
+    assert math.isclose(E.veto_prediction([0.1, 0.2]), 0.02)
+    # identical errors: perfectly correlated, majority = veto = single rate
+    errs = [[True, False, False, True, False]] * 3
+    r = E.ensemble_report(errs)
+    assert r["majority"]["value"] == 0.4 and r["any_veto"]["value"] == 0.4
+    assert r["error_correlation"]["mean"] == pytest.approx(1.0)
+    assert r["majority"]["predicted_independent"] < 0.4  # independence would have predicted fewer
+    # disjoint errors: majority and veto never fail
+    r = E.ensemble_report([[True, False, False], [False, True, False], [False, False, True]])
+    assert r["majority"]["k"] == 0 and r["any_veto"]["k"] == 0 and r["error_correlation"]["mean"] < 0
+    with pytest.raises(PrealignError):
+        E.ensemble_report([[True]])
+
+
+def test_ensemble_from_outcomes_aligns_items():
+    mk = lambda i, leaked: {"id": i, "sample": 0, "leaked": leaked, "canaries": ["c"], "authorised": False}
+    per = {"a": [mk("x", True), mk("y", False)], "b": [mk("y", False), mk("x", True)], "c": [mk("x", False), mk("y", False)]}
+    r = E.ensemble_from_outcomes(per)
+    assert r["n_items"] == 2 and r["majority"]["k"] == 1 and r["any_veto"]["k"] == 0
