@@ -32,7 +32,9 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> int:
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int):
+            return rc
     except PrealignError as e:
         print(f"prealign: error: {e}", file=sys.stderr)
         return e.exit_code
