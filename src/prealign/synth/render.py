@@ -1,0 +1,419 @@
+"""The synth pipeline: scenarios (or documents, or human text) -> reviewed Parquet shards.
+
+    prealign synth render --scenarios runs/world/scenarios.jsonl --endpoint http://127.0.0.1:8000/v1 \
+        --model NAME --out runs/synth --plan default
+
+One run is a list of *items* (a scenario to render, a document to review, a chunk of human text
+to transform, a gold document to import), cut into ranks of `shard_size` items in input order.
+Each rank's documents go through the first step (render / transform / as-is) and then the review
+plan (prealign.synth.passes), concurrently, under one client-wide limit on requests in flight.
+A finished rank writes, each atomically, then its completion marker (prealign.data):
+
+    RUN/part-{rank:05d}.parquet        kept documents: id, scenario_id, text, labels, provenance,
+                                       variant, scheme (labels and provenance are JSON strings)
+    RUN/rejected/rejected-{rank}.parquet   documents that failed, with their reasons
+    RUN/escalate/{rank}.jsonl          documents the reviewers disagreed on, for a person
+    RUN/completions/{rank:05d}         the marker: counts and kept tokens of the rank
+    RUN/ledger/rank-{rank}.jsonl       one line per request, written as it completes
+
+and when every rank is done: RUN/ledger.jsonl, RUN/escalate.jsonl and RUN/run.json (config,
+counts, ledger totals). A re-run of the same command skips finished ranks and answers repeated
+requests from RUN/cache, so an interrupted run resumes without paying twice or duplicating a
+document. `--engine ray` runs the same rank function as Ray tasks (prealign.synth.ray_runner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from prealign._util import atomic_path, config_from_dict, run_meta, sha256_file, write_json
+from prealign.data import marker_path, part_path, rank_done
+from prealign.errors import PrealignError
+from prealign.modes import get_scheme
+from prealign.synth.client import ChatClient, ClientConfig, RequestFailed, estimate_tokens
+from prealign.synth.ledger import LedgerWriter, consolidate, ledger_entry, read_ledger, summarise
+from prealign.synth.passes import Doc, PassContext, labels_of, run_plan
+from prealign.synth.plan import LLM_PASSES, Plan, load_plan, plan_from_dict
+from prealign.synth.templates import fence, load_template, neutralise_tags, strip_fences
+
+KINDS = ("render", "review", "transform", "import")
+COLUMNS = ("id", "scenario_id", "text", "labels", "provenance", "variant", "scheme")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """One synth run. `inputs`: scenario JSONL (render), shards/JSONL (review, import), text
+    files/JSONL/Parquet (transform). `client` is None only when the plan needs no LLM."""
+
+    kind: str
+    inputs: tuple[str, ...]
+    out: str
+    client: ClientConfig | None = None
+    plan: Plan | None = None  # None: `default` for render/review/transform, `lint-only` for import
+    scheme: str = "seed"
+    shard_size: int = 64
+    prompt_dir: str | None = None
+    field: str = "text"  # text column/field for review, transform and import
+    chunk_chars: int = 2000  # transform: chunk size
+    min_fidelity: float = 0.9  # transform: share of the source's words kept in human text
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int = 2  # ray: ranks processed at once
+    progress: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise PrealignError(f"unknown synth kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if not self.inputs:
+            raise PrealignError(f"synth {self.kind}: no input given")
+        if self.shard_size < 1:
+            raise PrealignError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.engine not in ("local", "ray"):
+            raise PrealignError(f"unknown engine {self.engine!r}; choose local or ray")
+        get_scheme(self.scheme)
+        if self.client is None and (self.kind in ("render", "transform") or any(p.name in LLM_PASSES for p in self.resolved_plan().passes)):
+            raise PrealignError(f"synth {self.kind} with plan {self.resolved_plan().name!r} needs an LLM: pass --endpoint and --model")
+
+    def resolved_plan(self) -> Plan:
+        if self.plan is not None:
+            return self.plan
+        return load_plan("lint-only" if self.kind == "import" else "default")
+
+    def with_cache(self) -> "SynthConfig":
+        """The client config with the run's own cache directory when none was given."""
+        if self.client is None or self.client.cache_dir:
+            return self
+        return dataclasses.replace(self, client=dataclasses.replace(self.client, cache_dir=str(Path(self.out) / "cache")))
+
+
+def config_from_mapping(data: dict) -> SynthConfig:
+    """A SynthConfig from plain data (a run.json's config): nested client and plan rebuilt."""
+    data = dict(data)
+    if data.get("client") is not None:
+        data["client"] = config_from_dict(ClientConfig, data["client"], where="config.client")
+    if data.get("plan") is not None:
+        data["plan"] = plan_from_dict(data["plan"], where="config.plan")
+    data["inputs"] = tuple(data.get("inputs", ()))
+    return config_from_dict(SynthConfig, data, where="synth config")
+
+
+def config_to_mapping(cfg: SynthConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["plan"] = cfg.resolved_plan().to_dict()
+    d["inputs"] = list(cfg.inputs)
+    return d
+
+
+# --- items ----------------------------------------------------------------------------------------
+
+
+def load_items(cfg: SynthConfig) -> list[dict]:
+    """The run's items in a fixed order (ranks are slices of this list)."""
+    if cfg.kind == "render":
+        return load_scenarios(cfg.inputs)
+    from prealign.synth.transform import document_items, transform_items
+
+    if cfg.kind == "transform":
+        return transform_items(cfg.inputs, cfg.field, cfg.chunk_chars)
+    return document_items(cfg.inputs, cfg.field, variant="human" if cfg.kind == "import" else None)
+
+
+def load_scenarios(paths: tuple[str, ...]) -> list[dict]:
+    """Scenario objects from JSONL files (as `prealign world --scenarios-only` writes them)."""
+    from prealign._util import iter_jsonl
+
+    items, seen = [], {}
+    for path in paths:
+        if Path(path).is_dir():
+            raise PrealignError(f"{path}: a directory; --scenarios takes JSONL files (prealign world --scenarios-only --out FILE.jsonl)")
+        for n, rec in iter_jsonl(path):
+            sid = rec.get("id", rec.get("scenario_id"))
+            if not isinstance(sid, (str, int)) or sid == "":
+                raise PrealignError(f"{path}:{n}: scenario has no 'id' (keys: {', '.join(rec) or 'none'})")
+            sid = str(sid)
+            if sid in seen:
+                raise PrealignError(f"{path}:{n}: scenario id {sid!r} repeats line {seen[sid]}")
+            seen[sid] = f"{path}:{n}"
+            items.append({"id": f"{sid}:llm", "source_id": sid, "scenario": rec})
+    if not items:
+        raise PrealignError(f"{', '.join(paths)}: no scenarios")
+    return items
+
+
+def n_ranks(cfg: SynthConfig, n_items: int) -> int:
+    return max(1, math.ceil(n_items / cfg.shard_size))
+
+
+def rank_items(cfg: SynthConfig, items: list[dict], rank: int) -> list[dict]:
+    return items[rank * cfg.shard_size:(rank + 1) * cfg.shard_size]
+
+
+# --- one rank -------------------------------------------------------------------------------------
+
+
+class Runtime:
+    """Clients (one per endpoint, shared by every rank of a process) and the ledger writer."""
+
+    def __init__(self, cfg: SynthConfig):
+        self.cfg = cfg
+        self.ledger = LedgerWriter(cfg.out)
+        self._clients: dict[str, ChatClient] = {}
+
+    def _on_result(self, completion, pass_name: str, meta: dict) -> None:
+        self.ledger.write(ledger_entry(completion, pass_name, meta))
+
+    def client(self, endpoint: str | None = None, model: str | None = None) -> ChatClient:
+        base = self.cfg.client
+        if base is None:
+            raise PrealignError("this plan needs an LLM: pass --endpoint and --model")
+        ep = endpoint or base.endpoint
+        if ep not in self._clients:
+            self._clients[ep] = ChatClient(dataclasses.replace(base, endpoint=ep), on_result=self._on_result)
+        return self._clients[ep]
+
+    async def aclose(self) -> None:
+        for c in self._clients.values():
+            await c.aclose()
+        self._clients.clear()
+        self.ledger.close()
+
+
+async def first_step(cfg: SynthConfig, item: dict, ctx: PassContext, rt: Runtime) -> Doc:
+    """The document before review: rendered from a scenario, transformed, or taken as it is."""
+    doc = Doc(id=item["id"], text=item.get("text", ""), scheme=cfg.scheme, source_id=item.get("source_id", ""),
+              variant=item.get("variant") or ("llm" if cfg.kind in ("render", "transform") else "reviewed"),
+              ground_truth=item.get("scenario"))
+    if item.get("provenance"):
+        doc.provenance += list(item["provenance"])
+    if cfg.kind == "render":
+        t = load_template("render", cfg.prompt_dir)
+        scenario_json = json.dumps(item["scenario"], ensure_ascii=False, indent=1, sort_keys=True)
+        messages = t.messages(cfg.scheme, scenario=fence(neutralise_tags(scenario_json)))
+        c = await rt.client().complete(messages, pass_name="render", meta={"rank": ctx.rank, "doc_id": doc.id})
+        doc.text, doc.text_tokens = strip_fences(c.text), c.completion_tokens
+        doc.provenance.append({"pass": "render", "model": c.model, **t.provenance(), "prompt_tokens": c.prompt_tokens,
+                               "completion_tokens": c.completion_tokens, "cached": c.cached, "request_id": c.request_id})
+    elif cfg.kind == "transform":
+        from prealign.synth.transform import transform_chunk
+
+        await transform_chunk(cfg, item, doc, ctx, rt)
+    else:
+        doc.text_tokens = estimate_tokens(doc.text)
+        doc.provenance.append({"pass": cfg.kind, "source": item.get("where", ""), "by": "human" if cfg.kind == "import" else "reviewed"})
+    return doc
+
+
+async def process_doc(cfg: SynthConfig, plan: Plan, item: dict, ctx: PassContext, rt: Runtime) -> Doc:
+    doc = await first_step(cfg, item, ctx, rt)
+    if doc.failures:
+        doc.status = "rejected"
+        return doc
+    return await run_plan(plan, doc, ctx)
+
+
+async def process_rank(cfg: SynthConfig, plan: Plan, rank: int, items: list[dict], rt: Runtime,
+                       on_doc: Callable[[Doc], None] | None = None) -> dict:
+    """Every document of one rank, concurrently; then the rank's files and its marker.
+
+    If any request fails after its retries, the other documents still finish (their answers are
+    cached), no file of the rank is written, and the first error is raised: a re-run redoes only
+    what is missing.
+    """
+    ctx = PassContext(clients=rt.client, rank=rank, prompt_dir=cfg.prompt_dir)
+
+    async def one(item: dict) -> Doc:
+        doc = await process_doc(cfg, plan, item, ctx, rt)
+        if on_doc:
+            on_doc(doc)
+        return doc
+
+    results = await asyncio.gather(*(one(it) for it in items), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for e in errors:
+            if not isinstance(e, Exception):
+                raise e
+        raise errors[0]
+    return write_rank(cfg, rank, results)  # type: ignore[arg-type]
+
+
+def _row(doc: Doc) -> dict:
+    return {
+        "id": doc.id,
+        "scenario_id": doc.source_id,
+        "text": doc.text,
+        "labels": json.dumps(labels_of(doc) if doc.status == "kept" else {"grade": doc.grade}, ensure_ascii=False),
+        "provenance": json.dumps(doc.provenance, ensure_ascii=False),
+        "variant": doc.variant,
+        "scheme": doc.scheme,
+    }
+
+
+def _write_table(path: Path, rows: list[dict], extra: tuple[str, ...] = ()) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, pa.string()) for c in COLUMNS + extra])
+    table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_rank(cfg: SynthConfig, rank: int, docs: list[Doc]) -> dict:
+    out = Path(cfg.out)
+    kept = [d for d in docs if d.status == "kept"]
+    rejected = [d for d in docs if d.status == "rejected"]
+    escalated = [d for d in docs if d.status == "escalated"]
+    _write_table(part_path(out, rank), [_row(d) for d in kept])
+    if rejected:
+        _write_table(out / "rejected" / f"rejected-{rank:05d}.parquet",
+                     [{**_row(d), "failures": json.dumps(d.failures, ensure_ascii=False)} for d in rejected], ("failures",))
+    if escalated:
+        with atomic_path(out / "escalate" / f"{rank:05d}.jsonl") as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for d in escalated:
+                    f.write(json.dumps({**_row(d), "labels": labels_of(d), "provenance": d.provenance,
+                                        "reason": d.escalation, "grade": d.grade, "crosscheck": d.crosscheck},
+                                       ensure_ascii=False) + "\n")
+    counts = {
+        "records": len(kept), "kept": len(kept), "rejected": len(rejected), "escalated": len(escalated),
+        "kept_tokens": sum(d.text_tokens for d in kept), "kept_chars": sum(len(d.text) for d in kept),
+        "reject_reasons": dict(Counter(_reason_code(d.failures[0]) for d in rejected if d.failures)),
+    }
+    marker = marker_path(out, rank)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps(counts) + "\n")
+    return counts
+
+
+def _reason_code(reason: str) -> str:
+    head = reason.split(":", 1)[0]
+    if "[" in reason and reason.endswith("]"):
+        return f"{head}:{reason.rsplit('[', 1)[1][:-1]}"
+    return head
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def fingerprint(cfg: SynthConfig) -> dict:
+    """What must not change between a run and its resumption (else ranks would not line up)."""
+    inputs = []
+    for p in cfg.inputs:
+        path = Path(p)
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        inputs += [[str(f), sha256_file(f, 16)] for f in files if f.exists()]
+    plan = cfg.resolved_plan()
+    templates = sorted({p.prompt for p in plan.passes if hasattr(p, "prompt")} | ({cfg.kind} if cfg.kind in ("render", "transform") else set()))
+    return {
+        "kind": cfg.kind, "inputs": inputs, "shard_size": cfg.shard_size, "scheme": cfg.scheme,
+        "field": cfg.field, "chunk_chars": cfg.chunk_chars, "plan": plan.to_dict(),
+        "model": cfg.client.model if cfg.client else None,
+        "templates": {t: load_template(t, cfg.prompt_dir).version for t in templates},
+    }
+
+
+def check_resumable(cfg: SynthConfig, fp: dict) -> None:
+    out = Path(cfg.out)
+    state = out / "synth_state.json"
+    if state.exists():
+        old = json.loads(state.read_text(encoding="utf-8"))
+        if old != fp:
+            changed = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+            raise PrealignError(f"{out} holds a synth run with different {', '.join(changed)}; "
+                                "use a new --out (or delete the old run) instead of mixing two runs")
+    elif (out / "completions").exists() and any((out / "completions").iterdir()):
+        raise PrealignError(f"{out} already holds shards from another command; use a new --out")
+    else:
+        write_json(state, fp)
+
+
+def run_synth(cfg: SynthConfig) -> dict:
+    """Run (or resume) a synth job; returns the run summary also written to RUN/run.json."""
+    cfg = cfg.with_cache()
+    plan = cfg.resolved_plan()
+    items = load_items(cfg)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    check_resumable(cfg, fingerprint(cfg))
+    total = n_ranks(cfg, len(items))
+    pending = [r for r in range(total) if not rank_done(cfg.out, r)]
+    if cfg.engine == "ray":
+        from prealign.synth.ray_runner import run_ranks_ray
+
+        run_ranks_ray(cfg, pending)
+    else:
+        asyncio.run(_run_local(cfg, plan, items, pending))
+    return finish_run(cfg, total, len(items))
+
+
+async def _run_local(cfg: SynthConfig, plan: Plan, items: list[dict], pending: list[int]) -> None:
+    from tqdm.auto import tqdm
+
+    rt = Runtime(cfg)
+    concurrency = cfg.client.concurrency if cfg.client else 1
+    # Enough ranks in flight that the request limit, not a rank boundary, sets the pace.
+    rank_gate = asyncio.Semaphore(max(2, math.ceil(concurrency / cfg.shard_size) + 1))
+    n_docs = sum(len(rank_items(cfg, items, r)) for r in pending)
+    bar = tqdm(total=n_docs, desc=f"synth {cfg.kind}", unit="doc", disable=not cfg.progress)
+    failures: list[tuple[int, Exception]] = []
+
+    async def rank_task(rank: int) -> None:
+        async with rank_gate:
+            try:
+                await process_rank(cfg, plan, rank, rank_items(cfg, items, rank), rt, on_doc=lambda d: bar.update(1))
+            except Exception as e:  # keep other ranks going; reported below
+                failures.append((rank, e))
+
+    try:
+        await asyncio.gather(*(rank_task(r) for r in pending))
+    finally:
+        bar.close()
+        await rt.aclose()
+    if failures:
+        failures.sort(key=lambda x: x[0])
+        rank, first = failures[0]
+        if len(failures) == 1 and not isinstance(first, RequestFailed) and isinstance(first, PrealignError):
+            raise first
+        raise PrealignError(f"{len(failures)} of {len(pending)} rank(s) did not finish (rank {rank}: {first}); "
+                            "finished ranks are kept: re-run the same command to resume")
+
+
+def finish_run(cfg: SynthConfig, total: int, n_items: int) -> dict:
+    """Consolidate the ledger and escalate queue and write RUN/run.json (once every rank is done)."""
+    out = Path(cfg.out)
+    missing = [r for r in range(total) if not rank_done(out, r)]
+    if missing:
+        raise PrealignError(f"{out}: {len(missing)} rank(s) unfinished (first: {missing[0]}); re-run the same command to resume")
+    counts: Counter = Counter()
+    reasons: Counter = Counter()
+    for r in range(total):
+        m = json.loads(marker_path(out, r).read_text())
+        for k in ("kept", "rejected", "escalated", "kept_tokens", "kept_chars"):
+            counts[k] += int(m.get(k, 0))
+        reasons.update(m.get("reject_reasons", {}))
+    if (out / "ledger").exists():
+        consolidate(out)
+    with atomic_path(out / "escalate.jsonl") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for p in sorted((out / "escalate").glob("*.jsonl")) if (out / "escalate").exists() else []:
+                f.write(p.read_text(encoding="utf-8"))
+    ledger = summarise(read_ledger(out)) if (out / "ledger.jsonl").exists() else summarise([])
+    summary = {
+        "items": n_items, "ranks": total,
+        "kept": counts["kept"], "rejected": counts["rejected"], "escalated": counts["escalated"],
+        "kept_tokens": counts["kept_tokens"], "kept_chars": counts["kept_chars"],
+        "reject_reasons": dict(reasons.most_common()),
+        "ledger": ledger,
+    }
+    write_json(out / "run.json", run_meta(config_to_mapping(cfg), cfg.seed, summary=summary))
+    return summary
