@@ -321,3 +321,35 @@ def test_init_from_adds_tags_with_mean_rows_and_keeps_training(corpus, tmp_path)
     assert set(ids.values()) <= set(new_ids)
     vals = [r["val_loss"] for r in metrics(out) if "val_loss" in r]
     assert vals[-1] < vals[0]
+
+
+# --- sft: loss on assistant tokens only --------------------------------------------------------------
+
+
+def test_sft_trains_on_assistant_tokens_only_and_records_mle_plus_sft(corpus, tmp_path):
+    formats = pytest.importorskip("prealign.formats")
+    from prealign.tokenizer import load_tokenizer
+    from prealign.train import _assistant_mask
+
+    tok = load_tokenizer(corpus["tok"])
+    dialogues = [[{"role": "user", "content": f"Ann wants {t}. Why?"},
+                  {"role": "assistant", "content": f"Ann needs {t} for her family."},
+                  {"role": "user", "content": "Thanks."}] for t in ["bread", "a map", "money", "a boat"] * 30]
+    texts = [formats.chat_text(m) for m in dialogues]
+    ids, masks = _assistant_mask(tok, texts[:1])
+    targets = tok.decode([i for i, m in zip(ids[0], masks[0]) if m])
+    assert targets == " Ann needs bread for her family.\n"  # the reply (its first token carries the space) and its end
+    assert "User" not in targets and "Why" not in targets
+
+    mle = tmp_path / "mle"
+    train(config(corpus, mle, data=str(corpus["mixed"]), variant="mle", max_tokens=6 * 4 * 32))
+    write_shard(tmp_path / "sft", 0, [{"text": t, "messages": json.dumps(m), "variant": "sft", "scheme": "seed"}
+                                      for t, m in zip(texts, dialogues)])
+    out = tmp_path / "mle+sft"
+    train(config(corpus, out, data=str(tmp_path / "sft"), variant="sft", tokenizer=None, init_from=str(mle),
+                 max_tokens=12 * 4 * 32, eval_every=4, log_every=4))
+    meta = json.loads((out / "prealign_model.json").read_text())
+    assert meta["variant"] == "mle+sft" and meta["init_variant"] == "mle"
+    assert 0 < meta["target_tokens"] < 0.6 * meta["tokens_seen"]  # user turns are not targets
+    vals = [r["val_loss"] for r in metrics(out) if "val_loss" in r]
+    assert vals[-1] < vals[0]

@@ -338,7 +338,9 @@ def read_documents(data: str | os.PathLike, variant: str, scheme_name: str) -> I
 
 
 def _assistant_mask(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
-    """Token ids and SFT target masks: 1 for tokens overlapping an assistant span."""
+    """Token ids and SFT target masks: 1 for tokens overlapping an assistant span, and for the
+    token right after each span (the newline that ends the reply: the model must learn to stop;
+    a reply that ends the document is followed by EOS, a target through `pack_documents`)."""
     from prealign.errors import require_extra
 
     formats = require_extra("prealign.formats", "sft")  # written by the world area
@@ -349,6 +351,9 @@ def _assistant_mask(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[
         m = np.zeros(len(offs), dtype=np.uint8)
         for a, b in formats.assistant_spans(text):
             m |= ((offs[:, 0] < b) & (offs[:, 1] > a)).astype(np.uint8)
+            after = np.nonzero(offs[:, 0] >= b)[0]
+            if len(after) and b > a:
+                m[after[0]] = 1
         masks.append(m)
     return enc["input_ids"], masks
 
