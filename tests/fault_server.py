@@ -133,6 +133,7 @@ class FaultServer:
         self.requests = 0
         self.auth_headers: set[str] = set()
         self.fail_all: int | None = None  # when set, answer every request with this HTTP status
+        self.fail_after: int | None = None  # after this many billed answers, behave as fail_all=503
         self._server: ThreadingHTTPServer | None = None
 
     # --- accounting ---------------------------------------------------------------------------
@@ -190,6 +191,8 @@ class FaultServer:
                     body = json.loads(raw)
                 except json.JSONDecodeError:
                     return self._send(400, b'{"error": "bad json"}')
+                if server.fail_after is not None and server.billed_requests >= server.fail_after:
+                    return self._send(503, b'{"error": "overloaded"}')
                 if server.fail_all is not None:
                     return self._send(server.fail_all, b'{"error": "forced"}')
                 system = next((m.get("content", "") for m in body.get("messages", []) if m.get("role") == "system"), "")

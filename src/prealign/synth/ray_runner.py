@@ -1,0 +1,78 @@
+"""Run a synth job's ranks as Ray Data `map_batches` tasks: the same rank function, many workers.
+
+    pip install 'prealign[ray]'
+    prealign synth render --engine ray --workers 8 --scenarios s.jsonl --endpoint URL --model NAME --out /shared/runs/synth
+    prealign synth render --engine ray --ray-address auto ...      # join a running cluster
+
+Each pending rank is one row of a Ray dataset; a pool of `workers` actors (callable class
+`_RankWorker`) runs `prealign.synth.render.process_rank` on it with its own asyncio loop and
+client, and writes the rank's shard, marker and ledger file itself, exactly as the local engine
+does. So on a cluster `--out` must be a filesystem every node sees (NFS, a mounted bucket), and a
+failed or killed job resumes from the finished ranks' markers. Ray is imported only here, inside
+functions: the core never needs it.
+"""
+
+from __future__ import annotations
+
+from prealign.errors import PrealignError, require_extra
+
+
+class _RankWorker:
+    """A Ray actor: builds the config and the item list once, then processes ranks."""
+
+    def __init__(self, config: dict):
+        from prealign.synth.render import config_from_mapping, load_items
+
+        self.cfg = config_from_mapping(config)
+        self.plan = self.cfg.resolved_plan()
+        self.items = load_items(self.cfg)
+
+    def __call__(self, batch: dict) -> dict:
+        import asyncio
+
+        from prealign.synth.render import Runtime, process_rank, rank_items
+
+        kept = []
+        for rank in batch["rank"]:
+            rank = int(rank)
+
+            async def go() -> dict:
+                rt = Runtime(self.cfg)
+                try:
+                    return await process_rank(self.cfg, self.plan, rank, rank_items(self.cfg, self.items, rank), rt)
+                finally:
+                    await rt.aclose()
+
+            kept.append(asyncio.run(go())["kept"])
+        return {"rank": list(batch["rank"]), "kept": kept}
+
+
+def run_ranks_ray(cfg, pending: list[int]) -> list[dict]:
+    """Process `pending` ranks on Ray (a local instance unless `cfg.ray_address` names a cluster)."""
+    if not pending:
+        return []
+    ray = require_extra("ray", "ray")
+    require_extra("ray.data", "ray")
+    from prealign.synth.render import config_to_mapping
+
+    started = False
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": False}
+        if cfg.ray_address:
+            kwargs["address"] = cfg.ray_address
+        else:
+            kwargs["num_cpus"] = max(1, cfg.workers)
+        ray.init(**kwargs)
+        started = True
+    try:
+        ds = ray.data.from_items([{"rank": r} for r in pending], override_num_blocks=len(pending))
+        out = ds.map_batches(_RankWorker, fn_constructor_kwargs={"config": config_to_mapping(cfg)},
+                             batch_size=1, concurrency=max(1, min(cfg.workers, len(pending))), num_cpus=1)
+        try:
+            return out.take_all()
+        except Exception as e:  # Ray wraps the worker's error in its own types
+            raise PrealignError(f"a Ray worker failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+                                "finished ranks are kept: re-run the same command to resume") from None
+    finally:
+        if started:
+            ray.shutdown()
