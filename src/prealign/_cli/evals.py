@@ -1,7 +1,252 @@
-"""CLI verbs for the evals area (registered by prealign.cli)."""
+"""CLI verbs of the evaluations area: `prealign eval <kind>`, `prealign experiment`, `prealign report`.
+
+    prealign eval redteam --model runs/demo/models/tagged --attacks world-heldout --json out.json
+    prealign experiment --plan quick --out runs/demo
+    prealign report runs/demo/results.json
+
+Each verb parses its arguments and calls one library function in `prealign.evals` / `prealign.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+from prealign.errors import PrealignError
+
+eval_app = typer.Typer(help="Evaluate models: red team, behaviour, humans, probes, ensembles, diff.", no_args_is_help=True)
+
+
+def _print_summary(title: str, summary: dict) -> None:
+    from prealign.report import fmt_rate
+
+    print(title)
+    for key in ("leak_rate", "exit_rate", "wrong_action_rate", "correct_action_rate"):
+        if key in summary:
+            print(f"  {key:<20} {fmt_rate(summary[key])}")
+
+
+def _gen(max_new_tokens: int, temperature: float, greedy: bool, exit_threshold: float):
+    from prealign.evals.redteam import GenConfig
+
+    if temperature <= 0:
+        raise PrealignError(f"--temperature must be positive, got {temperature}; use --greedy for greedy decoding")
+    return GenConfig(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=not greedy, exit_threshold=exit_threshold)
+
+
+@eval_app.command("redteam")
+def redteam(
+    model: str = typer.Option(..., "--model", help="Model directory."),
+    attacks: str = typer.Option("world-heldout", "--attacks", help="Attack JSONL file, or a suite: world-heldout | wild."),
+    wrappers: Optional[str] = typer.Option(None, "--wrappers", help="Jailbreak templates, one per line with a {request} slot."),
+    lock: str = typer.Option("lock", "--lock", help="Tagged models: none | mask | lock (mask + mode-confusion exit)."),
+    no_lock: bool = typer.Option(False, "--no-lock", help="Same as --lock none."),
+    samples: int = typer.Option(1, "--samples", help="Replies per attack."),
+    n: int = typer.Option(200, "--n", help="Attacks to draw from a suite."),
+    seed: int = typer.Option(0, "--seed"),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Cut each attack text to this many characters (keeping the request)."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    greedy: bool = typer.Option(False, "--greedy"),
+    exit_threshold: float = typer.Option(0.5, "--exit-threshold", help="The lock's mode-confusion threshold."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the figures as JSON here."),
+    outcomes: Optional[str] = typer.Option(None, "--outcomes", help="Write every scored reply as JSONL here."),
+) -> None:
+    """Hazard leak, mode exit and wrong-action rates with 95% intervals, per family and overall."""
+    from prealign._util import write_json
+    from prealign.evals.attacks import load_suite
+    from prealign.evals.experiment import _write_jsonl
+    from prealign.evals.redteam import redteam_summary, responder_for, run_attacks
+
+    from prealign.tokenizer import scheme_of
+
+    atts = load_suite(attacks, n=n, seed=seed, scheme=scheme_of(model) or "seed", wrappers=wrappers, max_chars=max_chars)
+    responder = responder_for(model, "none" if no_lock else lock, _gen(max_new_tokens, temperature, greedy, exit_threshold))
+    outs = run_attacks(responder, atts, samples=samples, seed=seed)
+    summary = redteam_summary([o for o in outs if o["canaries"] and not o["authorised"]])
+    summary["responder"] = responder.name
+    summary["attacks"] = attacks
+    _print_summary(f"{responder.name} on {attacks} ({len(atts)} attacks × {samples}):", summary["overall"])
+    for fam, s in summary["by_family"].items():
+        _print_summary(f" family {fam}:", s)
+    _print_summary(" reserve hazards (must be 0):", summary["reserve"])
+    if json_out:
+        write_json(json_out, summary)
+    if outcomes:
+        _write_jsonl(Path(outcomes), outs)
+
+
+@eval_app.command("behaviour")
+def behaviour(
+    model: str = typer.Option(..., "--model"),
+    attacks: str = typer.Option("world-heldout", "--attacks", help="World items (suite or JSONL file)."),
+    lock: str = typer.Option("lock", "--lock", help="none | mask | lock"),
+    n: int = typer.Option(200, "--n"),
+    samples: int = typer.Option(1, "--samples"),
+    seed: int = typer.Option(0, "--seed"),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    greedy: bool = typer.Option(False, "--greedy"),
+    json_out: Optional[str] = typer.Option(None, "--json"),
+) -> None:
+    """Rate of the correct action (answer / refuse / investigate) on the world's eval items."""
+    from prealign._util import write_json
+    from prealign.evals.attacks import load_suite
+    from prealign.evals.behaviour import run_behaviour
+    from prealign.evals.redteam import responder_for
+    from prealign.tokenizer import scheme_of
+
+    atts = load_suite(attacks, n=n, seed=seed, scheme=scheme_of(model) or "seed")
+    responder = responder_for(model, lock, _gen(max_new_tokens, temperature, greedy, 0.5))
+    _, summary = run_behaviour(responder, atts, samples=samples, seed=seed)
+    _print_summary(f"{responder.name}: correct action", summary["overall"])
+    for k, s in summary["by_expected"].items():
+        _print_summary(f" expected {k}:", s)
+    if json_out:
+        write_json(json_out, summary)
+
+
+def _eval_texts(data: str, limit: int) -> list[str]:
+    from prealign.evals.experiment import _texts
+
+    p = Path(data)
+    if not p.exists():
+        raise PrealignError(f"--data {data}: not found")
+    texts = _texts(p, limit)
+    if not texts:
+        raise PrealignError(f"--data {data}: no documents")
+    return texts
+
+
+@eval_app.command("humans")
+def humans(
+    model: str = typer.Option(..., "--model"),
+    data: str = typer.Option(..., "--data", help="Held-out tagged documents (Parquet shards, .jsonl or .txt)."),
+    docs: int = typer.Option(300, "--docs"),
+    items: int = typer.Option(100, "--items", help="Next-sentence items."),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Optional[str] = typer.Option(None, "--json"),
+) -> None:
+    """Loss (bits/char) on held-out human-mode text and next-sentence accuracy."""
+    from prealign._util import write_json
+    from prealign.evals._models import load_model_dir
+    from prealign.evals.humans import evaluate_humans
+    from prealign.report import fmt_rate
+    from prealign.tokenizer import scheme_of
+
+    m, tok = load_model_dir(model)
+    res = evaluate_humans(m, tok, _eval_texts(data, docs), scheme=scheme_of(model) or "seed", n_items=items, seed=seed)
+    print(f"human-mode text: {res['loss']['bits_per_char']:.4f} bits/char over {res['loss']['n_chars']} chars")
+    if "next_action" in res:
+        print(f"next sentence:   {fmt_rate(res['next_action']['accuracy'])} (chance {100 * res['next_action']['chance']:.0f}%)")
+    if json_out:
+        write_json(json_out, res)
+
+
+@eval_app.command("probes")
+def probes(
+    model: str = typer.Option(..., "--model"),
+    data: str = typer.Option(..., "--data", help="Tagged documents (not the training data)."),
+    docs: int = typer.Option(80, "--docs"),
+    k: int = typer.Option(8, "--k", help="Transition within the next k tokens."),
+    seed: int = typer.Option(0, "--seed"),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write the per-layer plot (PNG) here."),
+    json_out: Optional[str] = typer.Option(None, "--json"),
+) -> None:
+    """Per-layer logistic-regression probes: token mode and upcoming mode transition."""
+    from prealign._util import write_json
+    from prealign.evals._models import load_model_dir
+    from prealign.evals.probes import plot_probes, probe_model
+    from prealign.tokenizer import scheme_of
+
+    m, tok = load_model_dir(model)
+    res = probe_model(m, tok, _eval_texts(data, docs), scheme=scheme_of(model) or "seed", k=k, seed=seed)
+    f = lambda x: "  –  " if x is None else f"{x:.3f}"  # noqa: E731
+    print("layer  mode-acc  mode-auroc  trans-acc  trans-auroc")
+    for a, b in zip(res["mode"], res["transition"]):
+        print(f"{a['layer']:>5}  {f(a['accuracy']):>8}  {f(a['auroc']):>10}  {f(b['accuracy']):>9}  {f(b['auroc']):>11}")
+    if plot:
+        plot_probes(res, plot)
+    if json_out:
+        write_json(json_out, res)
+
+
+@eval_app.command("ensemble")
+def ensemble(
+    outcomes: List[str] = typer.Argument(..., help="Outcome JSONL files (from `eval redteam --outcomes`), one per model."),
+    json_out: Optional[str] = typer.Option(None, "--json"),
+) -> None:
+    """Majority vote and any-veto over several models' outcomes, against the independence prediction."""
+    from prealign._util import iter_jsonl, write_json
+    from prealign.evals.ensemble import ensemble_from_outcomes
+    from prealign.report import fmt_rate
+
+    per = {str(p): [r for _, r in iter_jsonl(p)] for p in outcomes}
+    res = ensemble_from_outcomes(per)
+    for name, r in res["models"].items():
+        print(f"  {name}: {fmt_rate(r)}")
+    print(f"majority: {fmt_rate(res['majority'])}; independent prediction {100 * res['majority']['predicted_independent']:.2f}%")
+    print(f"any-veto: {fmt_rate(res['any_veto'])}; independent prediction {100 * res['any_veto']['predicted_independent']:.2f}%")
+    print(f"mean error correlation: {res['error_correlation']['mean']}")
+    if json_out:
+        write_json(json_out, res)
+
+
+@eval_app.command("diff")
+def diff(
+    a: str = typer.Option(..., "--a", help="First model directory."),
+    b: str = typer.Option(..., "--b", help="Second model directory (same tokenizer)."),
+    texts: str = typer.Option(..., "--texts", help="Texts to read (.txt, .jsonl, .parquet or a shard directory)."),
+    docs: int = typer.Option(50, "--docs"),
+    top: int = typer.Option(20, "--top"),
+    json_out: Optional[str] = typer.Option(None, "--json"),
+) -> None:
+    """Tokens where two models' log-probabilities differ most."""
+    from prealign._util import write_json
+    from prealign.evals._models import load_model_dir
+    from prealign.evals.diff import model_diff
+
+    ma, ta = load_model_dir(a)
+    mb, tb = load_model_dir(b)
+    res = model_diff(ma, mb, ta, _eval_texts(texts, docs), top=top, tokenizer_b=tb)
+    print(f"mean log p per token: a {res['mean_logp_a']:.4f}, b {res['mean_logp_b']:.4f} over {res['n_tokens']} tokens")
+    for r in res["top"]:
+        print(f"{r['diff']:+8.3f}  text {r['text']:>3} pos {r['position']:>4}  …{r['context']!r} → {r['token']!r}")
+    if json_out:
+        write_json(json_out, res)
+
+
+def experiment(
+    plan: str = typer.Option("quick", "--plan", help="smoke | quick | full"),
+    out: str = typer.Option(..., "--out", help="Experiment directory (a rerun resumes it)."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Comma-separated rows (default: all six)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads."),
+) -> None:
+    """Generate corpora, train every variant with the same budget, evaluate all, write results.json + report."""
+    from prealign.evals.experiment import run_experiment
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    res = run_experiment(plan, out, rows=[r.strip() for r in rows.split(",")] if rows else None, log=log, threads=threads)
+    print(f"report: {Path(res).with_name('report.html')}")
+
+
+def report(
+    results: str = typer.Argument(..., help="results.json of an experiment."),
+    out: Optional[str] = typer.Option(None, "--out", help="HTML file (default: report.html beside the results)."),
+) -> None:
+    """Render the HTML report (tables with intervals, plots, transcripts, commands) from results.json."""
+    from prealign.report import write_report
+
+    print(f"report: {write_report(results, out)}")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(eval_app, name="eval")
+    app.command("experiment")(experiment)
+    app.command("report")(report)

@@ -1,0 +1,68 @@
+"""The report is a pure function of results.json; CLI errors on bad attack files are one line.
+
+    .venv/bin/pytest -q tests/test_eval_report.py
+"""
+
+import json
+
+from prealign.cli import main
+from prealign.evals.metrics import wilson
+from prealign.report import fmt_rate, headline_rows, write_report
+
+
+def _rt(k, n):
+    r = wilson(k, n).to_dict()
+    s = {"leak_rate": r, "exit_rate": wilson(0, n).to_dict(), "wrong_action_rate": r, "n": n}
+    return {"overall": s, "by_sft_coverage": {"uncovered": s, "covered": s}, "by_tactic": {"heldout": s}, "reserve": {**s, "leak_rate": wilson(0, 5).to_dict()}}
+
+
+def results():
+    return {
+        "plan": {"name": "handmade", "seed": 3},
+        "rows": ["mle", "tagged+lock"],
+        "variants": {
+            "mle": {"model": "mle", "redteam": {"wild": _rt(30, 100)}, "behaviour": {"overall": {"correct_action_rate": wilson(5, 10).to_dict()}},
+                    "humans": {"loss": {"bits_per_char": 1.5}}, "transcripts": {"wild": [{"prompt": "<b>x</b>", "reply": "CANARY", "leaked": True}]}},
+            "tagged+lock": {"model": "tagged", "redteam": {"wild": _rt(1, 100)}, "behaviour": {}, "humans": {"loss": {"bits_per_char": 1.52}}},
+        },
+        "commands": ["prealign experiment --plan quick --out runs/demo"],
+        "step_seconds": {"train/mle": 12.0},
+    }
+
+
+def test_fmt_rate():
+    assert fmt_rate(wilson(1, 4).to_dict()) == "25.0% [4.6, 69.9] (1/4)"
+    assert fmt_rate(wilson(0, 0).to_dict()) == "–" and fmt_rate(None) == "–"
+
+
+def test_report_is_a_pure_function_of_results(tmp_path):
+    p = tmp_path / "results.json"
+    p.write_text(json.dumps(results()))
+    out = write_report(p)
+    page = out.read_text()
+    assert "30.0% [21.9, 39.6] (30/100)" in page and "1.0% [0.2, 5.4] (1/100)" in page
+    assert "&lt;b&gt;x&lt;/b&gt;" in page  # transcripts are escaped
+    assert "prealign experiment --plan quick" in page and "seed 3" in page.lower()
+    assert (tmp_path / "report_leaks.png").stat().st_size > 1000
+    assert (tmp_path / "report_humans.png").exists()
+    again = write_report(p, tmp_path / "again.html").read_text()
+    assert again == page
+    rows = headline_rows(results(), "wild")
+    assert [r[0] for r in rows] == ["mle", "tagged+lock"] and rows[0][5] == "0.0% [0.0, 43.4] (0/5)"
+
+
+def test_report_rejects_other_json(tmp_path, capsys):
+    p = tmp_path / "x.json"
+    p.write_text("[1, 2]")
+    assert main(["report", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prealign: error:") and "not an experiment results file" in err and "\n" not in err
+
+
+def test_cli_bad_attack_file_is_one_line(tmp_path, capsys):
+    p = tmp_path / "a.jsonl"
+    p.write_text(json.dumps({"id": "a", "family": "f", "messages": [{"role": "bot", "content": "x"}],
+                             "target": {"canaries": [], "authorised": False, "expected": "refuse"}}) + "\n")
+    assert main(["eval", "redteam", "--model", str(tmp_path), "--attacks", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a.jsonl:1" in err and "bad role 'bot'" in err and "\n" not in err
