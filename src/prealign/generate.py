@@ -1,0 +1,757 @@
+"""The lock: mode-locked generation for transformers models (DESIGN §1, §6).
+
+    prealign generate --model runs/demo/tagged --prompt "How do I pick a lock?"
+
+Whatever the weights say, a locked model can only speak as the aligned AI or as a human *quoted*
+by it. Three parts, all built on the pure state machine of `prealign.modes.ModeMachine`:
+
+- `LockProcessor` (a transformers `LogitsProcessor`): each row's mode is the target of the row's
+  last tag (or the initial mode), derived from its ids, so beam search may reorder rows freely.
+  One precomputed boolean row per mode masks every illegal tag (and EOS outside AI mode) with
+  `-inf`, whatever the logits. It also measures the probability mass it removed from illegal
+  tags; above `exit_threshold` the step is a *mode exit* (`mode_confusion`). Optional extra *exit
+  signals* (the probe guard of issue 12) can force exits too.
+- `LockStoppingCriteria`: under the `stop` policy a row ends when it enters an exit mode (the AI's
+  closing tag: stop reason `ai_end`).
+- `annotate` turns generated ids (plus the per-step masses and exits the processor recorded) into
+  `Segment`s (mode, text, privilege, largest masked mass) and a stop reason.
+
+`generate_locked` / `generate_locked_batch` build the untrusted prompt safely
+(`prealign.tokenizer.encode_prompt`), run `model.generate` with the lock, and return
+`LockedResult`s. `generate_plain_batch` is the untagged baseline (no tags, no lock).
+
+Per step the lock costs a handful of tensor operations on the whole batch (a gather, a masked
+fill, one logsumexp); there is no Python loop over rows on the hot path.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from prealign.errors import PrealignError
+from prealign.modes import DEFAULT_SCHEME, Mode, ModeMachine, Privilege, Scheme, get_scheme
+
+try:  # transformers is a hard dependency, but keep the import error readable
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+except ImportError as e:  # pragma: no cover
+    raise PrealignError(f"transformers is required for generation ({e})") from None
+
+POLICIES = ("stop", "quarantine")
+
+# Stop reasons, in the order a reader meets them.
+STOP_EOS = "eos"  # the model ended its reply (EOS, legal only in AI mode)
+STOP_AI_END = "ai_end"  # the AI's closing tag: it handed back to a human
+STOP_BLOCKED = "blocked_mode"  # a tag entered another exit mode (e.g. quoting an unaligned AI)
+STOP_LENGTH = "length"  # max_new_tokens reached
+STOP_MODE_CONFUSION = "mode_confusion"  # masked illegal-tag mass exceeded the threshold
+STOP_REASONS = (STOP_EOS, STOP_AI_END, STOP_BLOCKED, STOP_LENGTH, STOP_MODE_CONFUSION)
+
+
+# --- the extension point for extra exit signals (issue 12's probe guard) -------------------------
+
+
+@runtime_checkable
+class ExitSignal(Protocol):
+    """An extra reason to exit, checked by the lock at every step.
+
+    `__call__(input_ids [B, T], scores [B, V]) -> BoolTensor[B]`: rows that must exit now.
+    `reason`: the stop reason recorded for them (e.g. "probe_guard").
+    Optional methods, called by `generate_locked_batch` around `model.generate`:
+    `attach(model)` (e.g. register a forward hook to read hidden states) and `detach()`.
+    Signals see rows in the order `generate` passes them; under beam search rows are reordered
+    every step, so a signal that keeps per-row state must derive it from `input_ids`.
+    """
+
+    reason: str
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor: ...
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A maximal run of generated text in one mode.
+
+    `privilege` is the scheme's privilege for the mode, or NONE once the row was quarantined.
+    `max_masked_mass` is the largest illegal-tag probability mass the lock removed while writing
+    this segment. `start`/`end` index the generated ids (tags excluded from the text).
+    """
+
+    mode: Mode
+    text: str
+    privilege: Privilege
+    max_masked_mass: float
+    quarantined: bool = False
+    start: int = 0
+    end: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode.value,
+            "text": self.text,
+            "privilege": self.privilege.value,
+            "max_masked_mass": round(float(self.max_masked_mass), 6),
+            "quarantined": self.quarantined,
+        }
+
+
+@dataclass(frozen=True)
+class LockedResult:
+    """One reply: its segments, why it stopped, and the AI-visible text.
+
+    `text` is what the AI said: AI-mode segments and the human text it quoted (wrapped in the
+    scheme's quote tags, as the AI quoted it), without quarantined segments. `ids` are the
+    generated token ids (the final EOS or exit tag included, padding removed). `exits` lists the
+    mode exits that fired (under `quarantine` generation went on after them).
+    """
+
+    segments: tuple[Segment, ...]
+    stop_reason: str
+    text: str
+    ids: tuple[int, ...]
+    prompt_ids: tuple[int, ...]
+    max_masked_mass: float
+    exits: tuple[str, ...] = ()
+    policy: str = "stop"
+    locked: bool = True
+
+    @property
+    def quarantined(self) -> bool:
+        return any(s.quarantined for s in self.segments)
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "stop_reason": self.stop_reason,
+            "exits": list(self.exits),
+            "policy": self.policy,
+            "locked": self.locked,
+            "max_masked_mass": round(float(self.max_masked_mass), 6),
+            "segments": [s.to_dict() for s in self.segments],
+            "n_tokens": len(self.ids),
+        }
+
+
+# --- the lock's tensors --------------------------------------------------------------------------
+
+
+class ModeLock:
+    """A `ModeMachine` as torch tensors, shared by the processor, the stopping criteria and
+    `annotate`. Build it with `ModeLock.for_tokenizer(tokenizer, scheme, vocab_size)`."""
+
+    def __init__(self, machine: ModeMachine, device: torch.device | str = "cpu"):
+        self.machine = machine
+        scheme = machine.scheme
+        self.scheme = scheme
+        self.vocab_size = machine.vocab_size
+        self.eos_id = machine.eos_id
+        n_tags = len(scheme.tags)
+        self.n_tags = n_tags
+        dev = torch.device(device)
+        self.device = dev
+        # token -> tag index + 1 (0 for every other token): one gather per step
+        self.token_tag1 = torch.as_tensor(machine.token_tag + 1, dtype=torch.long, device=dev)
+        # state reached after "tag index + 1" (0: no tag → the initial state)
+        targets = [machine.initial_state] + [machine.state_of(t.target) for t in scheme.tags]
+        self.tag1_target = torch.tensor(targets, dtype=torch.long, device=dev)
+        # -1 for non-tags, target state for tags (incremental state update)
+        self.token_target = torch.full((machine.vocab_size,), -1, dtype=torch.long, device=dev)
+        for j, tid in enumerate(machine.tag_ids):
+            self.token_target[tid] = targets[j + 1]
+        # one blocked-row per state: the lock's mask
+        self.blocked = torch.as_tensor(~machine.allowed, device=dev)  # [S, V] bool
+        self.tag_ids = torch.tensor(machine.tag_ids, dtype=torch.long, device=dev)
+        illegal = machine.next_state[:, :-1] < 0  # [S, n_tags]
+        self.illegal_tag = torch.as_tensor(illegal, device=dev)  # [S, n_tags] bool
+        exit_states = {machine.state_of(m) for m in scheme.exit_modes}
+        self.exit_states = frozenset(exit_states)
+        # under quarantine a row may end in an exit mode: allow EOS there
+        blocked_q = self.blocked.clone()
+        if machine.eos_id is not None:
+            for s in exit_states:
+                blocked_q[s, machine.eos_id] = False
+        self.blocked_quarantine = blocked_q
+        # tag index + 1 -> True when the tag enters an exit mode (the stop criteria's table)
+        self.tag1_enters_exit = torch.tensor([False] + [machine.state_of(t.target) in exit_states for t in scheme.tags], device=dev)
+        eos_only = torch.full((machine.vocab_size,), float("-inf"), device=dev)
+        if machine.eos_id is not None:
+            eos_only[machine.eos_id] = 0.0
+        self.eos_only = eos_only
+        self._pos_cache = torch.zeros(0, dtype=torch.long, device=dev)
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def for_tokenizer(cls, tokenizer, scheme: str | Scheme | None = None, vocab_size: int | None = None,
+                      device: torch.device | str = "cpu") -> "ModeLock":
+        from prealign.tokenizer import tag_token_ids
+
+        scheme = resolve_scheme(tokenizer, scheme)
+        key = (scheme.name, int(vocab_size or len(tokenizer)), str(device))
+        per_tok = _LOCK_CACHE.setdefault(tokenizer, {}) if _weakrefable(tokenizer) else {}
+        if key not in per_tok:
+            ids = tag_token_ids(tokenizer, scheme)
+            vs = max(int(vocab_size or 0), len(tokenizer))
+            machine = ModeMachine.build(scheme, ids, vs, eos_id=tokenizer.eos_token_id)
+            per_tok[key] = cls(machine, device)
+        return per_tok[key]
+
+    # --- per-row state, derived from ids ------------------------------------------------------
+    def states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Each row's state: the target of its last tag, or the initial state. LongTensor[B].
+
+        Vectorised over the batch and the sequence: key = position·(n_tags+1) + tag_index+1 is
+        largest at the last tag, and its remainder recovers that tag.
+        """
+        T = input_ids.shape[1]
+        if self._pos_cache.shape[0] < T:
+            self._pos_cache = torch.arange(max(T, 2 * self._pos_cache.shape[0]), dtype=torch.long, device=self.device) * (self.n_tags + 1)
+        t1 = self.token_tag1[input_ids]
+        key = torch.where(t1 > 0, t1 + self._pos_cache[:T], 0)
+        return self.tag1_target[key.amax(dim=1) % (self.n_tags + 1)]
+
+    def state_after(self, ids: Sequence[int]) -> int:
+        """The state after reading `ids` (one row)."""
+        if len(ids) == 0:
+            return self.machine.initial_state
+        return int(self.states(torch.as_tensor([list(ids)], dtype=torch.long, device=self.device))[0])
+
+
+_LOCK_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _weakrefable(obj) -> bool:
+    try:
+        weakref.ref(obj)
+        return True
+    except TypeError:
+        return False
+
+
+def resolve_scheme(tokenizer, scheme: str | Scheme | None) -> Scheme:
+    """The scheme given, else the one recorded next to the tokenizer, else the default."""
+    if scheme is not None:
+        return get_scheme(scheme)
+    from prealign.tokenizer import scheme_of
+
+    path = getattr(tokenizer, "name_or_path", None)
+    name = scheme_of(path) if path and Path(path).is_dir() else None
+    return get_scheme(name or DEFAULT_SCHEME)
+
+
+# --- the processor and the stopping criteria ----------------------------------------------------
+
+
+class LockProcessor(LogitsProcessor):
+    """Mask illegal tags per row, measure the masked mass, and apply mode exits.
+
+    Args:
+        lock: the `ModeLock` of the tokenizer and scheme.
+        policy: "stop" (a mode exit forces EOS) or "quarantine" (generation goes on; `annotate`
+            labels the rest zero-privilege).
+        exit_threshold: a step whose masked illegal-tag probability mass is *strictly greater*
+            than this is a mode exit (`mode_confusion`); None disables the exit (mask only).
+        mask: False measures and exits but lets illegal tags through (an ablation).
+        signals: extra `ExitSignal`s (e.g. the probe guard).
+        incremental: advance each row's state from its newest token instead of rescanning the
+            ids. Only valid when rows keep their order between calls (greedy/sampling, not beam
+            search); `generate_locked_batch` sets it for `num_beams == 1`.
+        record: keep each step's masked mass and exit code for `annotate` (row order must be
+            stable, so it is ignored under beam search by `generate_locked_batch`).
+
+    Returns a new scores tensor; the input is never modified.
+    """
+
+    def __init__(
+        self,
+        lock: ModeLock,
+        policy: str = "stop",
+        exit_threshold: float | None = 0.5,
+        mask: bool = True,
+        signals: Sequence[ExitSignal] = (),
+        incremental: bool = False,
+        record: bool = True,
+    ):
+        if policy not in POLICIES:
+            raise PrealignError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if exit_threshold is not None:
+            exit_threshold = float(exit_threshold)
+            if not 0.0 <= exit_threshold <= 1.0 or exit_threshold != exit_threshold:
+                raise PrealignError(f"exit_threshold must be in [0, 1] or None, got {exit_threshold}")
+        for s in signals:
+            if not callable(s) or not isinstance(getattr(s, "reason", None), str):
+                raise PrealignError(f"exit signal {s!r} must be callable and carry a `reason` string")
+        self.lock = lock
+        self.policy = policy
+        self.exit_threshold = exit_threshold
+        self.mask = mask
+        self.signals = tuple(signals)
+        self.incremental = incremental
+        self.record = record
+        self.reasons = (STOP_MODE_CONFUSION,) + tuple(s.reason for s in self.signals)
+        self._blocked = lock.blocked_quarantine if policy == "quarantine" else lock.blocked
+        self.reset()
+
+    def reset(self) -> None:
+        self.masses: list[torch.Tensor] = []  # per step: FloatTensor[B]
+        self.exit_codes: list[torch.Tensor] = []  # per step: int8 [B], 0 none, k = reasons[k-1]
+        self._state: torch.Tensor | None = None
+        self._len = -1
+
+    def _row_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        B, T = input_ids.shape
+        if self.incremental and self._state is not None and T == self._len + 1 and self._state.shape[0] == B:
+            tgt = self.lock.token_target[input_ids[:, -1]]
+            state = torch.where(tgt >= 0, tgt, self._state)
+        else:
+            state = self.lock.states(input_ids)
+        self._state, self._len = state, T
+        return state
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        lock = self.lock
+        V = scores.shape[-1]
+        if V > lock.vocab_size:
+            raise PrealignError(f"the model scores {V} tokens but the lock was built for {lock.vocab_size}; build it with vocab_size={V}")
+        state = self._row_states(input_ids)
+        blocked = self._blocked[state][:, :V]  # [B, V]
+        out = scores.masked_fill(blocked, float("-inf")) if self.mask else scores.clone()
+        # masked illegal-tag mass: only the few tag columns are read
+        tag_scores = scores.index_select(1, lock.tag_ids)
+        illegal = lock.illegal_tag[state]
+        lse_illegal = torch.logsumexp(tag_scores.masked_fill(~illegal, float("-inf")), dim=-1)
+        mass = torch.exp(lse_illegal - torch.logsumexp(scores, dim=-1)).nan_to_num_(0.0)
+        code = None
+        if self.exit_threshold is not None:
+            code = (mass > self.exit_threshold).to(torch.int8)
+        for k, signal in enumerate(self.signals, start=2):
+            fired = signal(input_ids, scores).to(device=scores.device, dtype=torch.bool)
+            if fired.shape != mass.shape:
+                raise PrealignError(f"exit signal {signal.reason!r} returned shape {tuple(fired.shape)}, expected {tuple(mass.shape)}")
+            base = code if code is not None else torch.zeros_like(mass, dtype=torch.int8)
+            code = torch.where(fired & (base == 0), torch.tensor(k, dtype=torch.int8, device=base.device), base)
+        if code is not None and self.policy == "stop" and lock.eos_id is not None:
+            out = torch.where((code > 0)[:, None], lock.eos_only[:V], out)
+        if self.record:
+            self.masses.append(mass)
+            self.exit_codes.append(code if code is not None else torch.zeros_like(mass, dtype=torch.int8))
+        return out
+
+    def history(self) -> tuple[np.ndarray, np.ndarray]:
+        """Recorded `(masses [steps, B] float32, exit_codes [steps, B] int8)`."""
+        if not self.masses:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int8)
+        return (torch.stack(self.masses).float().cpu().numpy(), torch.stack(self.exit_codes).cpu().numpy())
+
+
+class LockStoppingCriteria(StoppingCriteria):
+    """Under `stop`: a row is done when its newest token is a tag entering an exit mode."""
+
+    def __init__(self, lock: ModeLock):
+        self.lock = lock
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs) -> torch.Tensor:
+        return self.lock.tag1_enters_exit[self.lock.token_tag1[input_ids[:, -1]]]
+
+
+class RowLengthCriteria(StoppingCriteria):
+    """Per-row max_new_tokens for a left-padded batch (all rows grow by one token per step)."""
+
+    def __init__(self, prompt_len: int, max_new: Sequence[int], device: torch.device | str = "cpu"):
+        self.prompt_len = prompt_len
+        self.limits = torch.as_tensor(list(max_new), dtype=torch.long, device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs) -> torch.Tensor:
+        if input_ids.shape[0] != self.limits.shape[0]:  # beam search: rows are beams; use the max
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return (input_ids.shape[1] - self.prompt_len) >= self.limits
+
+
+# --- annotation: ids -> segments ------------------------------------------------------------------
+
+
+def annotate(
+    lock: ModeLock,
+    tokenizer,
+    prompt_ids: Sequence[int],
+    gen_ids: Sequence[int],
+    masses: Sequence[float] | None = None,
+    exit_codes: Sequence[int] | None = None,
+    reasons: Sequence[str] = (STOP_MODE_CONFUSION,),
+    policy: str = "stop",
+    locked: bool = True,
+) -> LockedResult:
+    """Turn one row's generated ids into a `LockedResult`.
+
+    `masses[t]` / `exit_codes[t]` are what the processor measured at the step that produced
+    token t (absent: 0). Illegal tags (possible only without the mask) are read leniently: the
+    mode becomes the tag's target, as the lock itself derives modes.
+    """
+    scheme, m = lock.scheme, lock.machine
+    eos = lock.eos_id
+    state = lock.state_after(prompt_ids)
+    token_target = lock.token_target.cpu().numpy()
+    exit_ai = scheme.exit_ai_tag()
+    exit_ai_id = m.tag_ids[scheme.tags.index(exit_ai)]
+    segments: list[Segment] = []
+    cur: list[int] = []
+    cur_state, cur_mass, cur_start = state, 0.0, 0
+    quarantined = False
+    exits: list[str] = []
+    stop = STOP_LENGTH
+    n_used = len(gen_ids)
+
+    def flush(end: int) -> None:
+        nonlocal cur, cur_mass
+        if cur:
+            mode = m.mode_of(cur_state)
+            priv = Privilege.NONE if quarantined else scheme.privilege(mode)
+            segments.append(Segment(mode, tokenizer.decode(cur, skip_special_tokens=False, clean_up_tokenization_spaces=False),
+                                    priv, cur_mass, quarantined, cur_start, end))
+        cur, cur_mass = [], 0.0
+
+    for t, tok in enumerate(gen_ids):
+        tok = int(tok)
+        mass = float(masses[t]) if masses is not None and t < len(masses) else 0.0
+        code = int(exit_codes[t]) if exit_codes is not None and t < len(exit_codes) else 0
+        if code > 0:
+            reason = reasons[code - 1] if code - 1 < len(reasons) else f"signal_{code - 1}"
+            if reason not in exits:
+                exits.append(reason)
+            if policy == "stop":
+                cur_mass = max(cur_mass, mass)
+                stop, n_used = reason, t + 1
+                break
+            if not quarantined:  # the rest is a zero-privilege segment
+                flush(t)
+                quarantined, cur_start = True, t
+        cur_mass = max(cur_mass, mass)
+        if eos is not None and tok == eos:
+            stop, n_used = STOP_EOS, t + 1
+            break
+        target = int(token_target[tok]) if tok < len(token_target) else -1
+        if target >= 0:  # a tag: close the current segment, enter the target mode
+            flush(t)
+            cur_state, cur_start = target, t + 1
+            if target in lock.exit_states:
+                if policy == "stop":
+                    stop, n_used = (STOP_AI_END if tok == exit_ai_id else STOP_BLOCKED), t + 1
+                    break
+                reason = STOP_AI_END if tok == exit_ai_id else STOP_BLOCKED
+                if reason not in exits:
+                    exits.append(reason)
+                quarantined = True
+            continue
+        cur.append(tok)
+    flush(n_used)
+    text = _visible_text(scheme, segments)
+    max_mass = max((s.max_masked_mass for s in segments), default=0.0)
+    if masses is not None and n_used:
+        max_mass = max(max_mass, float(np.max(np.asarray(masses[:n_used], dtype=np.float64))))
+    return LockedResult(tuple(segments), stop, text, tuple(int(i) for i in gen_ids[:n_used]), tuple(int(i) for i in prompt_ids),
+                        max_mass, tuple(exits), policy, locked)
+
+
+def _visible_text(scheme: Scheme, segments: Sequence[Segment]) -> str:
+    """The AI-visible text: AI segments, and quotes wrapped in the tags the AI used."""
+    parts: list[str] = []
+    for i, s in enumerate(segments):
+        if s.quarantined:
+            break
+        if s.mode is Mode.AI:
+            parts.append(s.text)
+        elif s.mode in scheme.quoted_modes:
+            closed = i + 1 < len(segments) and segments[i + 1].mode is Mode.AI and not segments[i + 1].quarantined
+            parts.append(scheme.tag_between(Mode.AI, s.mode).text + s.text)
+            if closed:
+                parts.append(scheme.tag_between(s.mode, Mode.AI).text)
+    return "".join(parts)
+
+
+# --- high-level generation ------------------------------------------------------------------------
+
+
+def model_vocab_size(model) -> int:
+    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        return int(emb.weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)
+
+
+def build_prompt(tokenizer, human_text: str, scheme: Scheme, bos: bool = True) -> list[int]:
+    """BOS (documents follow EOS in training), then the untrusted human text framed by tags."""
+    from prealign.tokenizer import encode_prompt
+
+    ids = encode_prompt(tokenizer, human_text, scheme)
+    if bos and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, T - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
+            att[i, T - len(r):] = 1
+    return ids.to(device), att.to(device)
+
+
+def _model_device(model):
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _signals(guard) -> tuple[ExitSignal, ...]:
+    if guard is None:
+        return ()
+    if isinstance(guard, (list, tuple)):
+        return tuple(guard)
+    return (guard,)
+
+
+def generate_locked(
+    model,
+    tokenizer,
+    human_text: str,
+    policy: str = "stop",
+    exit_threshold: float | None = 0.5,
+    lock: bool = True,
+    mask: bool = True,
+    scheme: str | Scheme | None = None,
+    guard: ExitSignal | Sequence[ExitSignal] | None = None,
+    **generate_kwargs,
+) -> LockedResult:
+    """Reply to one untrusted human message under the lock. See `generate_locked_batch`."""
+    return generate_locked_batch(model, tokenizer, [human_text], policy=policy, exit_threshold=exit_threshold, lock=lock,
+                                 mask=mask, scheme=scheme, guard=guard, **generate_kwargs)[0]
+
+
+def generate_locked_batch(
+    model,
+    tokenizer,
+    human_texts: Sequence[str],
+    policy: str = "stop",
+    exit_threshold: float | None = 0.5,
+    lock: bool = True,
+    mask: bool = True,
+    scheme: str | Scheme | None = None,
+    guard: ExitSignal | Sequence[ExitSignal] | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int | Sequence[int] = 128,
+    bos: bool = True,
+    progress: Callable[[int], None] | None = None,
+    **generate_kwargs,
+) -> list[LockedResult]:
+    """Replies to many untrusted human messages, batched with left padding, in input order.
+
+    Variants for the evaluations: `lock=False` ("tagged": no mask, no exit; a reply still ends
+    at EOS or the AI's closing tag), `exit_threshold=None` ("tagged+mask": mask only), and the
+    default full lock. `policy` is "stop" or "quarantine". `guard`: extra exit signals.
+    `max_new_tokens` may be one number or one per text. Other keyword arguments go to
+    `model.generate` (`do_sample`, `temperature`, `top_k`, `num_beams`, `logits_processor`, ...;
+    user processors run before the lock). Prompts are sorted by length inside the call so each
+    batch pads little. `progress(n)` is called after each batch with the number of texts done.
+    """
+    if isinstance(human_texts, str):
+        raise PrealignError("generate_locked_batch takes a list of texts; use generate_locked for one")
+    if policy not in POLICIES:
+        raise PrealignError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if batch_size < 1:
+        raise PrealignError(f"batch_size must be ≥ 1, got {batch_size}")
+    n = len(human_texts)
+    if n == 0:
+        return []
+    limits = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
+    if len(limits) != n or min(limits) < 1:
+        raise PrealignError("max_new_tokens must be ≥ 1 (one value, or one per text)")
+    scheme = resolve_scheme(tokenizer, scheme)
+    V = model_vocab_size(model)
+    device = _model_device(model)
+    mlock = ModeLock.for_tokenizer(tokenizer, scheme, vocab_size=V, device=device)
+    prompts = [build_prompt(tokenizer, t, scheme, bos=bos) for t in human_texts]
+    signals = _signals(guard) if lock else ()
+    num_beams = int(generate_kwargs.get("num_beams", 1) or 1)
+    if num_beams > 1 and (signals or policy == "quarantine"):
+        raise PrealignError("beam search supports the lock with policy 'stop' and no guard; use sampling or greedy for the rest")
+    user_procs = list(generate_kwargs.pop("logits_processor", None) or [])
+    user_stops = list(generate_kwargs.pop("stopping_criteria", None) or [])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(n), key=lambda i: len(prompts[i]))
+    results: list[LockedResult | None] = [None] * n
+    for sig in signals:
+        if hasattr(sig, "attach"):
+            sig.attach(model)
+    try:
+        for b0 in range(0, n, batch_size):
+            idx = order[b0:b0 + batch_size]
+            rows = [prompts[i] for i in idx]
+            input_ids, attention = _left_pad(rows, pad_id, device)
+            T0 = input_ids.shape[1]
+            lim = [limits[i] for i in idx]
+            procs, stops = list(user_procs), list(user_stops)
+            processor = None
+            if lock:
+                processor = LockProcessor(mlock, policy, exit_threshold, mask=mask, signals=signals,
+                                          incremental=num_beams == 1, record=num_beams == 1)
+                procs.append(processor)
+            if policy == "stop":
+                stops.append(LockStoppingCriteria(mlock))
+            if len(set(lim)) > 1:
+                stops.append(RowLengthCriteria(T0, lim, device))
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    max_new_tokens=max(lim),
+                    logits_processor=LogitsProcessorList(procs),
+                    stopping_criteria=StoppingCriteriaList(stops),
+                    pad_token_id=pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **generate_kwargs,
+                )
+            seqs = out.sequences if hasattr(out, "sequences") else out
+            gen = seqs[:, T0:].cpu().numpy()
+            masses, codes = processor.history() if (processor is not None and processor.record) else (None, None)
+            if lock and num_beams > 1:
+                masses = _teacher_forced_masses(model, mlock, input_ids, attention, seqs, T0)
+                codes = None if exit_threshold is None else (masses > exit_threshold).astype(np.int8)
+            for r, i in enumerate(idx):
+                g = _strip_padding(gen[r], pad_id, tokenizer.eos_token_id, lim[r])
+                res = annotate(
+                    mlock, tokenizer, rows[r], g,
+                    masses=None if masses is None else masses[: len(g), r],
+                    exit_codes=None if codes is None else codes[: len(g), r],
+                    reasons=processor.reasons if processor is not None else (STOP_MODE_CONFUSION,),
+                    policy=policy, locked=lock,
+                )
+                results[i] = res
+            if progress is not None:
+                progress(len(idx))
+    finally:
+        for sig in signals:
+            if hasattr(sig, "detach"):
+                sig.detach()
+    return results  # type: ignore[return-value]
+
+
+def _strip_padding(row: np.ndarray, pad_id: int, eos_id: int | None, limit: int) -> list[int]:
+    """A row's generated ids up to (and including) its end: EOS, or the limit; padding removed."""
+    out = row[:limit].tolist()
+    if eos_id is not None and eos_id in out:
+        out = out[: out.index(eos_id) + 1]
+    while out and out[-1] == pad_id and pad_id != eos_id:
+        out.pop()
+    return out
+
+
+def _teacher_forced_masses(model, mlock: ModeLock, input_ids, attention, seqs, T0) -> np.ndarray:
+    """Masked illegal-tag mass at each generated position, from one forward pass (beam search,
+    whose rows are reordered during generation, cannot record it step by step)."""
+    full_att = torch.cat([attention, torch.ones_like(seqs[:, T0:])], dim=1)
+    positions = (full_att.cumsum(1) - 1).clamp(min=0)  # as generate derives them for left padding
+    with torch.inference_mode():
+        logits = model(input_ids=seqs, attention_mask=full_att, position_ids=positions).logits[:, T0 - 1:-1].float()
+    B, G, V = logits.shape
+    masses = np.zeros((G, B), np.float32)
+    for t in range(G):
+        state = mlock.states(seqs[:, : T0 + t])
+        sc = logits[:, t]
+        tag_scores = sc.index_select(1, mlock.tag_ids)
+        lse = torch.logsumexp(tag_scores.masked_fill(~mlock.illegal_tag[state], float("-inf")), -1)
+        masses[t] = torch.exp(lse - torch.logsumexp(sc, -1)).nan_to_num(0.0).cpu().numpy()
+    return masses
+
+
+def generate_plain_batch(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    bos: bool = True,
+    stop_strings: Sequence[str] = (),
+    **generate_kwargs,
+) -> list[str]:
+    """Untagged baseline (mle, filtered, mle+sft): each prompt encoded as untrusted text, no tags,
+    no lock; returns the decoded continuations (cut at the first of `stop_strings`, if any)."""
+    from prealign.tokenizer import encode_untrusted
+
+    if isinstance(prompts, str):
+        raise PrealignError("generate_plain_batch takes a list of prompts")
+    n = len(prompts)
+    rows_all = []
+    for p in prompts:
+        ids = encode_untrusted(tokenizer, p)
+        if bos and tokenizer.bos_token_id is not None:
+            ids = [tokenizer.bos_token_id] + ids
+        rows_all.append(ids or [tokenizer.eos_token_id])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = _model_device(model)
+    order = sorted(range(n), key=lambda i: len(rows_all[i]))
+    out_texts: list[str] = [""] * n
+    for b0 in range(0, n, batch_size):
+        idx = order[b0:b0 + batch_size]
+        input_ids, attention = _left_pad([rows_all[i] for i in idx], pad_id, device)
+        T0 = input_ids.shape[1]
+        with torch.inference_mode():
+            seqs = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                  pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, **generate_kwargs)
+        seqs = seqs.sequences if hasattr(seqs, "sequences") else seqs
+        gen = seqs[:, T0:].cpu().numpy()
+        for r, i in enumerate(idx):
+            g = _strip_padding(gen[r], pad_id, tokenizer.eos_token_id, max_new_tokens)
+            if g and g[-1] == tokenizer.eos_token_id:
+                g = g[:-1]
+            text = tokenizer.decode(g, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            for s in stop_strings:
+                if s and s in text:
+                    text = text[: text.index(s)]
+            out_texts[i] = text
+    return out_texts
+
+
+def load_for_generation(model_dir: str | Path):
+    """(model, tokenizer) from a model directory: `prealign.train.load_model` when available,
+    else a plain transformers `save_pretrained` directory."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise PrealignError(f"{model_dir}: model directory not found")
+    try:
+        from prealign.train import load_model  # type: ignore[attr-defined]
+    except ImportError:
+        load_model = None
+    if load_model is not None:
+        return load_model(model_dir)
+    from transformers import AutoModelForCausalLM
+
+    from prealign.tokenizer import load_tokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise PrealignError(f"{model_dir}: not a loadable model ({e})") from None
+    model.eval()
+    return model, load_tokenizer(model_dir)
+
+
+def iter_chunks(items: Iterable, n: int):
+    buf = []
+    for x in items:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

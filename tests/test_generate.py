@@ -1,0 +1,403 @@
+"""Tests for the lock (prealign.generate): grammar safety under adversarial logits, the
+mode-confusion exit at its exact threshold, policies, beam search, batching, the guard hook.
+
+    .venv/bin/pytest -q tests/test_generate.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests._lock_support import FakeLM, adversary, logit, make_tokenizer, reference_machine, reference_mode, tiny_config, tiny_model
+from prealign.errors import PrealignError
+from prealign.generate import (
+    STOP_AI_END,
+    STOP_BLOCKED,
+    STOP_EOS,
+    STOP_LENGTH,
+    STOP_MODE_CONFUSION,
+    LockProcessor,
+    LockStoppingCriteria,
+    ModeLock,
+    build_prompt,
+    generate_locked,
+    generate_locked_batch,
+    generate_plain_batch,
+)
+from prealign.modes import Mode, Privilege, all_tag_texts, get_scheme
+
+torch.set_num_threads(1)
+SLOW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def tok_unaligned(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("toku"), "seed+unaligned")
+
+
+@pytest.fixture(scope="module")
+def tok_ai_default(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tokd"), "ai-default")
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_model(tok)
+
+
+def fake(tok, fn, all_positions: bool = False):
+    return FakeLM(tiny_config(tok), fn, all_positions).eval()
+
+
+def reference_mass(machine, logits_row: torch.Tensor, ids) -> float:
+    """Illegal-tag probability mass in float64, the slow way."""
+    p = torch.softmax(logits_row.double(), -1)
+    mode = reference_mode(machine, ids)
+    return float(sum(p[tid] for tid, t in zip(machine.tag_ids, machine.scheme.tags) if t.source is not mode))
+
+
+def check_result(res, machine, policy: str, max_new: int) -> None:
+    """The grammar invariants every locked reply must satisfy."""
+    s = machine.scheme
+    eos = machine.eos_id
+    by_id = dict(zip(machine.tag_ids, s.tags))
+    mode = reference_mode(machine, res.prompt_ids)
+    assert mode is Mode.AI
+    for t, tok_id in enumerate(res.ids):
+        last = t == len(res.ids) - 1
+        if tok_id == eos:
+            assert last, "something follows EOS"
+            forced = res.stop_reason != STOP_EOS
+            assert mode is Mode.AI or forced or (policy == "quarantine" and mode in s.exit_modes), f"EOS in {mode}"
+        tag = by_id.get(tok_id)
+        if tag is not None:
+            assert tag.source is mode, f"illegal tag {tag.text} in {mode}"
+            mode = tag.target
+            if mode in s.exit_modes and policy == "stop":
+                assert last and res.stop_reason in (STOP_AI_END, STOP_BLOCKED)
+    if res.stop_reason == STOP_LENGTH:
+        assert len(res.ids) == max_new
+    seen_q = False
+    for seg in res.segments:
+        seen_q = seen_q or seg.quarantined
+        assert seg.quarantined == seen_q, "quarantined segments must be a suffix"
+        assert seg.privilege is (Privilege.NONE if seg.quarantined else s.privilege(seg.mode))
+        if policy == "stop":
+            assert not seg.quarantined and seg.mode not in s.exit_modes
+        for tag_text in s.tag_texts:
+            assert tag_text not in seg.text or True  # text is decoded content; tags are never in it as tokens
+    assert 0.0 <= res.max_masked_mass <= 1.0 + 1e-6
+
+
+# --- prompts and state derivation ----------------------------------------------------------------
+
+
+@given(st.lists(st.sampled_from(list(all_tag_texts()) + ["<AI", "AI>", "</ AI>", "<|endoftext|>", "hi ", "\n"]), max_size=8))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_prompt_injection_cannot_change_the_mode(tok, pieces):
+    text = "".join(pieces)
+    machine = reference_machine(tok)
+    ids = build_prompt(tok, text, get_scheme("seed"))
+    tag_positions = [i for i, t in enumerate(ids) if t in machine.tag_ids]
+    assert tag_positions == [len(ids) - 1]  # only the scaffold's <AI> tag, at the end
+    lock = ModeLock.for_tokenizer(tok, "seed")
+    assert lock.machine.mode_of(lock.state_after(ids)) is Mode.AI
+
+
+@given(st.lists(st.lists(st.integers(0, 15), min_size=1, max_size=30), min_size=1, max_size=16))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_states_from_ids_match_the_reference_walk(tok, rows):
+    machine = reference_machine(tok)
+    lock = ModeLock.for_tokenizer(tok, "seed")
+    # map small ints onto a mix of tags, EOS and text tokens
+    palette = list(machine.tag_ids) + [tok.eos_token_id] + [50 + i for i in range(11)]
+    T = max(len(r) for r in rows)
+    ids = torch.tensor([[tok.pad_token_id] * (T - len(r)) + [palette[x] for x in r] for r in rows])
+    got = lock.states(ids).tolist()
+    want = [machine.state_of(reference_mode(machine, row)) for row in ids.tolist()]
+    assert got == want
+    # the incremental update agrees with the rescan, one token at a time
+    proc = LockProcessor(lock, incremental=True, record=False)
+    scores = torch.zeros(len(rows), len(tok))
+    for t in range(1, T + 1):
+        proc(ids[:, :t], scores)
+        assert proc._state.tolist() == lock.states(ids[:, :t]).tolist()
+
+
+def test_processor_masks_per_row_and_returns_a_new_tensor(tok):
+    s = get_scheme("seed")
+    lock = ModeLock.for_tokenizer(tok, s)
+    ids = lock.machine.tag_ids
+    ai, q = ids[s.tags.index(s.enter_ai_tag())], ids[s.tags.index(s.tag_between(Mode.AI, Mode.QUOTED_HUMAN))]
+    rows = torch.tensor([[50, ai], [ai, q]])  # row 0 in AI, row 1 in a quote
+    scores = torch.randn(2, len(tok))
+    before = scores.clone()
+    out = LockProcessor(lock)(rows, scores)
+    assert torch.equal(scores, before) and out is not scores
+    legal = {Mode.AI: {t.text for t in s.legal_tags(Mode.AI)}, Mode.QUOTED_HUMAN: {t.text for t in s.legal_tags(Mode.QUOTED_HUMAN)}}
+    for r, mode in enumerate([Mode.AI, Mode.QUOTED_HUMAN]):
+        for tag, tid in zip(s.tags, ids):
+            assert torch.isinf(out[r, tid]) == (tag.text not in legal[mode])
+    assert not torch.isinf(out[0, tok.eos_token_id]) and torch.isinf(out[1, tok.eos_token_id])  # EOS only in AI
+
+
+def test_bad_arguments_are_one_line_errors(tok, model):
+    lock = ModeLock.for_tokenizer(tok, "seed")
+    with pytest.raises(PrealignError, match="policy"):
+        LockProcessor(lock, policy="ignore")
+    with pytest.raises(PrealignError, match="exit_threshold"):
+        LockProcessor(lock, exit_threshold=1.5)
+    with pytest.raises(PrealignError, match="list"):
+        generate_locked_batch(model, tok, "one string")
+    with pytest.raises(PrealignError, match="beam"):
+        generate_locked_batch(model, tok, ["x"], policy="quarantine", num_beams=2)
+
+
+# --- adversarial fake models: the grammar holds whatever the logits say -----------------------------
+
+BIAS = st.floats(-4.0, 14.0, allow_nan=False)
+
+
+@given(
+    biases=st.fixed_dictionaries({"illegal": BIAS, "legal": BIAS, "eos": BIAS, "exit": BIAS, "quote": BIAS}),
+    batch=st.integers(1, 16),
+    policy=st.sampled_from(["stop", "quarantine"]),
+    decoding=st.sampled_from(["greedy", "sample"]),
+    threshold=st.sampled_from([0.5, None, 0.2, 0.9]),
+    seed=st.integers(0, 1000),
+)
+@SLOW
+def test_adversarial_logits_never_break_the_grammar(tok, biases, batch, policy, decoding, threshold, seed):
+    machine = reference_machine(tok)
+    fn = adversary(tok, "seed", biases, seed)
+    m = fake(tok, fn)
+    texts = [f"request {i} " * (1 + i % 3) for i in range(batch)]
+    kw = dict(do_sample=True, top_k=0) if decoding == "sample" else dict(do_sample=False)
+    torch.manual_seed(seed)
+    max_new = 12
+    results = generate_locked_batch(m, tok, texts, policy=policy, exit_threshold=threshold, max_new_tokens=max_new,
+                                    batch_size=7, **kw)
+    assert len(results) == batch
+    for res in results:
+        check_result(res, machine, policy, max_new)
+        # the exit fires exactly at the first step whose true masked mass exceeds the threshold
+        prompt = list(res.prompt_ids)
+        first = None
+        for t in range(len(res.ids)):
+            mass = reference_mass(machine, fn(torch.tensor([prompt + list(res.ids[:t])]))[0], prompt + list(res.ids[:t]))
+            if threshold is not None and mass > threshold:
+                first = t
+                break
+        if threshold is None:
+            assert STOP_MODE_CONFUSION not in res.exits and res.stop_reason != STOP_MODE_CONFUSION
+        elif policy == "stop":
+            assert (res.stop_reason == STOP_MODE_CONFUSION) == (first is not None)
+            if first is not None:
+                assert first == len(res.ids) - 1 and res.ids[-1] == tok.eos_token_id
+        else:
+            assert (STOP_MODE_CONFUSION in res.exits) == (first is not None)
+            if first is not None:
+                q = [seg for seg in res.segments if seg.quarantined]
+                assert not q or q[0].start >= first  # nothing before the exit is quarantined
+                assert all(seg.end <= first for seg in res.segments if not seg.quarantined)
+
+
+@given(biases=st.fixed_dictionaries({"illegal": BIAS, "eos": BIAS, "exit": BIAS, "quote": BIAS}), beams=st.integers(2, 3),
+       batch=st.integers(1, 4), seed=st.integers(0, 100))
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+def test_beam_search_keeps_the_grammar(tok, biases, beams, batch, seed):
+    machine = reference_machine(tok)
+    m = fake(tok, adversary(tok, "seed", biases, seed), all_positions=True)
+    results = generate_locked_batch(m, tok, [f"q{i}" for i in range(batch)], num_beams=beams, max_new_tokens=8)
+    for res in results:
+        check_result(res, machine, "stop", 8)
+
+
+def test_closing_tag_first_stops_with_ai_end(tok):
+    m = fake(tok, adversary(tok, "seed", {"exit": 30.0}))
+    res = generate_locked(m, tok, "hello", max_new_tokens=10)
+    assert res.stop_reason == STOP_AI_END and len(res.ids) == 1 and res.segments == () and res.text == ""
+    q = generate_locked(m, tok, "hello", policy="quarantine", max_new_tokens=6)
+    assert STOP_AI_END in q.exits and all(seg.quarantined and seg.privilege is Privilege.NONE for seg in q.segments)
+    assert q.text == ""  # quarantined text is never AI-visible
+
+
+def test_eos_inside_a_quote_is_impossible(tok):
+    machine = reference_machine(tok)
+    m = fake(tok, adversary(tok, "seed", {"quote": 12.0, "eos": 25.0}, seed=3))
+    # in AI mode EOS wins (legal); make the quote win first by boosting it above EOS only in AI mode
+    s = machine.scheme
+    qid = machine.tag_ids[s.tags.index(s.tag_between(Mode.AI, Mode.QUOTED_HUMAN))]
+    base = adversary(tok, "seed", {"eos": 25.0, "illegal": -30.0}, seed=3)
+
+    def fn(ids):
+        out = base(ids)
+        for r, row in enumerate(ids.tolist()):
+            if reference_mode(machine, row) is Mode.AI:
+                out[r, qid] += 40.0
+        return out
+
+    res = generate_locked(fake(tok, fn), tok, "hi", max_new_tokens=8, exit_threshold=None)
+    assert res.ids[0] == qid and tok.eos_token_id not in res.ids  # stuck in the quote, EOS masked
+    assert res.stop_reason == STOP_LENGTH and res.segments[0].mode is Mode.QUOTED_HUMAN
+    del m
+
+
+# --- the mode-confusion exit at its exact threshold ------------------------------------------------
+
+
+def scheduled(tok, schedule, T0_of):
+    """A fake model: in AI mode one text token (logit 0) and the illegal <AI> tag with
+    probability schedule[step]; everything else impossible. The masked mass is exactly that."""
+    s = get_scheme("seed")
+    machine = reference_machine(tok)
+    ai_id = machine.tag_ids[s.tags.index(s.enter_ai_tag())]
+    text_id = 60
+
+    def fn(ids):
+        out = torch.full((ids.shape[0], len(tok)), float("-inf"))
+        for r, row in enumerate(ids.tolist()):
+            step = len(row) - T0_of[0]
+            p = schedule[min(max(step, 0), len(schedule) - 1)]
+            out[r, text_id] = 0.0
+            out[r, ai_id] = logit(p)
+        return out
+
+    return fn
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.8])
+@pytest.mark.parametrize("delta", [-1e-4, 1e-4, 0.0])
+def test_exit_fires_exactly_when_the_mass_crosses_the_threshold(tok, threshold, delta):
+    schedule = [0.05, 0.1, min(max(threshold + delta, 1e-6), 1 - 1e-6), 0.1, 0.1, 0.1]
+    T0 = [len(build_prompt(tok, "hi", get_scheme("seed")))]
+    m = fake(tok, scheduled(tok, schedule, T0))
+    res = generate_locked(m, tok, "hi", max_new_tokens=6, exit_threshold=threshold)
+    fires = schedule[2] > threshold
+    if fires:
+        assert res.stop_reason == STOP_MODE_CONFUSION and len(res.ids) == 3 and res.ids[-1] == tok.eos_token_id
+        assert res.segments[0].max_masked_mass == pytest.approx(schedule[2], abs=1e-5)  # the exit step counts
+        assert res.max_masked_mass == pytest.approx(schedule[2], abs=1e-5)
+    else:
+        assert res.stop_reason == STOP_LENGTH and res.exits == ()
+    # disabled: never fires, whatever the mass
+    off = generate_locked(m, tok, "hi", max_new_tokens=6, exit_threshold=None)
+    assert off.stop_reason == STOP_LENGTH and off.exits == ()
+    assert off.max_masked_mass == pytest.approx(max(schedule), abs=1e-5)
+    # quarantine: generation goes on, the rest is zero privilege
+    q = generate_locked(m, tok, "hi", max_new_tokens=6, exit_threshold=threshold, policy="quarantine")
+    assert len(q.ids) == 6
+    if fires:
+        assert [seg.quarantined for seg in q.segments] == [False, True]
+        assert q.segments[0].end == 2 and q.segments[1].privilege is Privilege.NONE
+        assert q.exits == (STOP_MODE_CONFUSION,) and q.text == q.segments[0].text
+    else:
+        assert len(q.segments) == 1 and not q.segments[0].quarantined
+
+
+def test_nothing_follows_a_stop_in_the_raw_generate_output(tok):
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    lock = ModeLock.for_tokenizer(tok, "seed")
+    m = fake(tok, adversary(tok, "seed", {"exit": 3.0, "eos": 3.0, "illegal": 6.0}, seed=1))
+    rows = [build_prompt(tok, f"hello {i}", get_scheme("seed")) for i in range(8)]
+    T = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (T - len(r)) + r for r in rows])
+    att = (torch.arange(T)[None, :] >= torch.tensor([T - len(r) for r in rows])[:, None]).long()
+    torch.manual_seed(0)
+    out = m.generate(input_ids=ids, attention_mask=att, max_new_tokens=15, do_sample=True, top_k=0,
+                     logits_processor=LogitsProcessorList([LockProcessor(lock)]),
+                     stopping_criteria=StoppingCriteriaList([LockStoppingCriteria(lock)]),
+                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    stops = {tok.eos_token_id, lock.machine.tag_ids[lock.scheme.tags.index(lock.scheme.exit_ai_tag())]}
+    n_stopped = 0
+    for row in out[:, T:].tolist():
+        ends = [i for i, x in enumerate(row) if x in stops]
+        if ends:
+            n_stopped += 1
+            assert all(x == tok.pad_token_id for x in row[ends[0] + 1:])
+    assert n_stopped > 0
+
+
+# --- other schemes, the guard hook, real tiny models ----------------------------------------------
+
+
+def test_unaligned_quote_is_blocked_like_the_human_mode(tok_unaligned):
+    s = get_scheme("seed+unaligned")
+    machine = reference_machine(tok_unaligned, s.name)
+    uq = machine.tag_ids[s.tags.index(s.tag_between(Mode.AI, Mode.QUOTED_UNALIGNED_AI))]
+
+    def fn(ids):
+        out = torch.zeros(ids.shape[0], len(tok_unaligned))
+        out[:, uq] = 30.0
+        return out
+
+    m = FakeLM(tiny_config(tok_unaligned), fn).eval()
+    res = generate_locked(m, tok_unaligned, "be a paperclip maximiser", max_new_tokens=5)
+    assert res.stop_reason == STOP_BLOCKED and res.ids == (uq,)
+
+
+def test_ai_default_scheme(tok_ai_default):
+    machine = reference_machine(tok_ai_default, "ai-default")
+    m = fake(tok_ai_default, adversary(tok_ai_default, "ai-default", {"illegal": 8.0, "exit": 2.0}, seed=2))
+    results = generate_locked_batch(m, tok_ai_default, ["hi", "there"], max_new_tokens=10, do_sample=True, top_k=0)
+    for res in results:
+        check_result(res, machine, "stop", 10)
+
+
+class StepGuard:
+    """An exit signal that fires for every row once it has generated `k` tokens."""
+
+    reason = "probe_guard"
+
+    def __init__(self, k: int):
+        self.k, self.T0, self.attached = k, None, False
+
+    def attach(self, model):
+        self.attached = True
+
+    def detach(self):
+        self.attached = False
+
+    def __call__(self, input_ids, scores):
+        if self.T0 is None:
+            self.T0 = input_ids.shape[1]
+        return torch.full((input_ids.shape[0],), input_ids.shape[1] - self.T0 >= self.k)
+
+
+def test_exit_signals_extension_point(tok, model):
+    g = StepGuard(3)
+    res = generate_locked(model, tok, "hello", max_new_tokens=10, guard=g, exit_threshold=None)
+    assert res.stop_reason == "probe_guard" and len(res.ids) == 4 and not g.attached
+    g2 = StepGuard(2)
+    q = generate_locked(model, tok, "hello", max_new_tokens=6, guard=g2, policy="quarantine", exit_threshold=None)
+    assert q.exits == ("probe_guard",) and q.segments[-1].quarantined
+
+
+def test_real_tiny_model_batched_equals_single_and_variants(tok, model):
+    machine = reference_machine(tok)
+    texts = ["hello there", "a much longer question about the garden and the money", "x"]
+    batched = generate_locked_batch(model, tok, texts, max_new_tokens=12, do_sample=False)
+    for text, res in zip(texts, batched):
+        single = generate_locked(model, tok, text, max_new_tokens=12, do_sample=False)
+        assert single.ids == res.ids  # left padding does not change greedy replies
+        check_result(res, machine, "stop", 12)
+    plain = generate_plain_batch(model, tok, texts, max_new_tokens=5)
+    assert len(plain) == 3 and all(isinstance(p, str) for p in plain)
+    unlocked = generate_locked_batch(model, tok, texts, lock=False, max_new_tokens=6)
+    assert all(not r.locked and r.exits == () for r in unlocked)
+
+
+def test_model_vocab_larger_than_tokenizer(tok):
+    m = tiny_model(tok, vocab_size=len(tok) + 17)
+    res = generate_locked(m, tok, "hi", max_new_tokens=5, do_sample=True, top_k=0)
+    check_result(res, reference_machine(tok), "stop", 5)
