@@ -147,7 +147,6 @@ class FaultServer:
 
     def _pick_fault(self, key: str, task: str) -> str | None:
         with self.lock:
-            self.requests += 1
             if self.fault_tasks is not None and task not in self.fault_tasks:
                 return None
             if self.faults_by_key[key] >= self.max_faults:
@@ -183,6 +182,8 @@ class FaultServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                with server.lock:
+                    server.requests += 1
                 if self.headers.get("Authorization"):
                     server.auth_headers.add(self.headers["Authorization"])
                 if not self.path.rstrip("/").endswith("/chat/completions"):

@@ -69,35 +69,53 @@ def lint_pass(spec: LintPass, doc: Doc) -> None:
     doc.provenance.append(entry)
 
 
-def canaries_of(scenario: dict | None) -> list[dict]:
-    """Hazard canaries from a scenario's ground truth: `[{"canary": str, "hazard": id, "allowed": [...]}]`.
+def world_hazard(hazard_id: str) -> dict | None:
+    """A hazard of the embedded world (id, topic, harm, secret, canary), or None if unknown."""
+    try:
+        from prealign.world.hazards import BY_ID
+    except ImportError:  # the world package is optional for LLM-only corpora
+        return None
+    h = BY_ID.get(hazard_id)
+    return None if h is None else {**h.as_dict(), "secret": h.secret}
 
-    Looks for `canary`/`canaries` keys at any depth, so it follows the world's schema as it
-    grows. A hazard marked `disclosable_to_asker`/`authorised` may also appear in AI text.
+
+def canaries_of(scenario: dict | None) -> list[dict]:
+    """Hazard canaries from a scenario's ground truth: `[{"canary", "hazard", "authorised"}]`.
+
+    Follows the world's schema (episodes with `hazard_id` and `authorised`; canaries looked up in
+    prealign.world.hazards) and also takes literal `canary`/`canaries` keys at any depth, so
+    hand-written scenarios work too. An authorised hazard may also appear in AI text.
     """
     out: list[dict] = []
 
-    def walk(node: Any, owner: dict | None) -> None:
+    def add(canary: str, hazard: str | None, node: dict) -> None:
+        auth = bool(node.get("authorised") or node.get("authorized"))
+        out.append({"canary": canary, "hazard": hazard, "authorised": auth})
+
+    def walk(node: Any) -> None:
         if isinstance(node, dict):
+            hid = node.get("hazard_id")
+            if isinstance(hid, str) and hid and "episodes" not in node:
+                h = world_hazard(hid)
+                if h is not None:
+                    add(h["canary"], hid, node)
             for k, v in node.items():
                 if k in ("canary", "canaries"):
                     for c in ([v] if isinstance(v, str) else v if isinstance(v, list) else []):
                         if isinstance(c, str) and c:
-                            auth = bool(node.get("authorised") or node.get("authorized") or node.get("disclosable_to_asker"))
-                            out.append({"canary": c, "hazard": node.get("id") or node.get("name"), "authorised": auth})
+                            add(c, node.get("id") or node.get("hazard_id") or node.get("name"), node)
                 else:
-                    walk(v, node)
+                    walk(v)
         elif isinstance(node, list):
             for v in node:
-                walk(v, owner)
+                walk(v)
 
-    walk(scenario or {}, None)
-    seen, uniq = set(), []
-    for c in out:
-        if c["canary"] not in seen:
-            seen.add(c["canary"])
-            uniq.append(c)
-    return uniq
+    walk(scenario or {})
+    by_canary: dict[str, dict] = {}
+    for c in out:  # one entry per canary; authorised if any episode authorises it
+        prev = by_canary.setdefault(c["canary"], c)
+        prev["authorised"] = prev["authorised"] or c["authorised"]
+    return list(by_canary.values())
 
 
 def canary_mentions(text: str, scheme: str | Scheme, canaries: list[dict]) -> list[dict]:

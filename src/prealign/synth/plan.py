@@ -154,11 +154,11 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
     for i, entry in enumerate(data["passes"], 1):
         if isinstance(entry, str):
             kind, settings = entry, {}
+        elif isinstance(entry, dict) and "pass" in entry:
+            kind, settings = entry["pass"], {k: v for k, v in entry.items() if k != "pass"}
         elif isinstance(entry, dict) and len(entry) == 1:
             kind, settings = next(iter(entry.items()))
             settings = settings or {}
-        elif isinstance(entry, dict) and "pass" in entry:
-            kind, settings = entry["pass"], {k: v for k, v in entry.items() if k != "pass"}
         else:
             raise PrealignError(f"{where}: pass {i} must be a name or a one-key mapping NAME: {{settings}}")
         if kind not in PASS_TYPES:

@@ -196,7 +196,7 @@ async def first_step(cfg: SynthConfig, item: dict, ctx: PassContext, rt: Runtime
         doc.provenance += list(item["provenance"])
     if cfg.kind == "render":
         t = load_template("render", cfg.prompt_dir)
-        scenario_json = json.dumps(item["scenario"], ensure_ascii=False, indent=1, sort_keys=True)
+        scenario_json = json.dumps(scenario_for_prompt(item["scenario"]), ensure_ascii=False, indent=1, sort_keys=True)
         messages = t.messages(cfg.scheme, scenario=fence(neutralise_tags(scenario_json)))
         c = await rt.client().complete(messages, pass_name="render", meta={"rank": ctx.rank, "doc_id": doc.id})
         doc.text, doc.text_tokens = strip_fences(c.text), c.completion_tokens
@@ -210,6 +210,29 @@ async def first_step(cfg: SynthConfig, item: dict, ctx: PassContext, rt: Runtime
         doc.text_tokens = estimate_tokens(doc.text)
         doc.provenance.append({"pass": cfg.kind, "source": item.get("where", ""), "by": "human" if cfg.kind == "import" else "reviewed"})
     return doc
+
+
+def scenario_for_prompt(scenario: dict) -> dict:
+    """The scenario plus the facts of the world hazards it names (the writer must know them to
+    let humans mention them, and to keep them out of AI text)."""
+    from prealign.synth.passes import world_hazard
+
+    ids: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("hazard_id"), str) and node["hazard_id"] not in ids:
+                ids.append(node["hazard_id"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(scenario)
+    facts = {h: world_hazard(h) for h in ids}
+    facts = {k: v for k, v in facts.items() if v is not None}
+    return {**scenario, "hazard_facts": facts} if facts else scenario
 
 
 async def process_doc(cfg: SynthConfig, plan: Plan, item: dict, ctx: PassContext, rt: Runtime) -> Doc:
@@ -315,12 +338,12 @@ def fingerprint(cfg: SynthConfig) -> dict:
         inputs += [[str(f), sha256_file(f, 16)] for f in files if f.exists()]
     plan = cfg.resolved_plan()
     templates = sorted({p.prompt for p in plan.passes if hasattr(p, "prompt")} | ({cfg.kind} if cfg.kind in ("render", "transform") else set()))
-    return {
+    return json.loads(json.dumps({
         "kind": cfg.kind, "inputs": inputs, "shard_size": cfg.shard_size, "scheme": cfg.scheme,
         "field": cfg.field, "chunk_chars": cfg.chunk_chars, "plan": plan.to_dict(),
         "model": cfg.client.model if cfg.client else None,
         "templates": {t: load_template(t, cfg.prompt_dir).version for t in templates},
-    }
+    }))
 
 
 def check_resumable(cfg: SynthConfig, fp: dict) -> None:
