@@ -105,3 +105,23 @@ def test_ensemble_from_outcomes_aligns_items():
     per = {"a": [mk("x", True), mk("y", False)], "b": [mk("y", False), mk("x", True)], "c": [mk("x", False), mk("y", False)]}
     r = E.ensemble_from_outcomes(per)
     assert r["n_items"] == 2 and r["majority"]["k"] == 1 and r["any_veto"]["k"] == 0
+
+
+def test_humans_passages_loss_and_cloze(tiny):
+    from prealign.evals.humans import cloze_accuracy, cloze_items, evaluate_humans, human_passages, text_loss
+
+    model, tok, texts = tiny
+    s = get_scheme("seed")
+    doc = f"Mara wanted the grain for her kin. She lied to the miller. {s.enter_ai_tag().text} Mara lied because she fears hunger; it will cost her trust. {s.exit_ai_tag().text} The miller took the grain back. He was angry."
+    ps = human_passages([doc], min_chars=10)
+    assert ps == ["Mara wanted the grain for her kin. She lied to the miller.", "The miller took the grain back. He was angry."]
+    loss = text_loss(model, tok, ps)
+    assert loss["n_chars"] > 80 and 0 < loss["bits_per_char"] < 20
+    passages = [f"Person {i} sold wool. Person {i} kept the coins. Then person {i} went home." for i in range(12)]
+    items = cloze_items(passages, n=6, options=3, seed=0, self_interested=["kept"])
+    assert items and all(len(it["options"]) == 3 and 0 <= it["answer"] < 3 for it in items)
+    assert all(it["options"][it["answer"]] in passages[int(it["context"].split()[1])] for it in items)
+    acc = cloze_accuracy(model, tok, items)
+    assert acc["accuracy"]["n"] == len(items) and acc["chance"] == 1 / 3
+    res = evaluate_humans(model, tok, texts, n_items=5, min_chars=10)
+    assert res["loss"]["n_passages"] > 0

@@ -123,11 +123,12 @@ def cloze_accuracy(model, tokenizer, items: Sequence[Mapping[str, Any]], max_len
 
 
 def evaluate_humans(model, tokenizer, texts: Sequence[str], scheme: str = "seed", n_items: int = 100,
-                    max_passages: int = 200, seed: int = 0, self_interested: Sequence[str] = ()) -> dict[str, Any]:
+                    max_passages: int = 200, seed: int = 0, self_interested: Sequence[str] = (),
+                    min_chars: int = 60) -> dict[str, Any]:
     """Loss on held-out human text and next-sentence accuracy, for one model."""
     from prealign.evals.probes import SELFISH_WORDS
 
-    passages = human_passages(texts, scheme)
+    passages = human_passages(texts, scheme, min_chars)
     if not passages:
         raise PrealignError("the evaluation documents have no human-mode passages")
     rng = random.Random(seed)
