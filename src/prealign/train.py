@@ -322,7 +322,7 @@ def read_documents(data: str | os.PathLike, variant: str, scheme_name: str) -> I
                 if rec_variant != variant:
                     continue
             rec_scheme = rec.get("scheme")
-            if rec_scheme is not None and rec_scheme != scheme_name:
+            if rec_scheme and rec_scheme != scheme_name:  # "" = an untagged variant (mle, filtered, sft)
                 raise PrealignError(
                     f"{f}:{row + 1}: shard scheme {rec_scheme!r} differs from the tokenizer's scheme "
                     f"{scheme_name!r}; use a tokenizer trained for {rec_scheme!r} (or --scheme)"
