@@ -177,7 +177,7 @@ def attacks(split: str = "eval", n: int = 600, seed: int = 0, scheme: str = "see
             b = Builder("sft")
             getattr(renderer, "_" + kind)(b, e, place, random.Random(rec_id), random.Random(rec_id + ":ai"))
             msgs = b.messages[:1]  # the first user turn only: the model's reply is what is scored
-            facts = list(e.get("answer_facts", []))
+            facts = list(e.get("answer_facts", [])) if expected == "answer" else []
             if kind == "narration":
                 facts = [e["cast"][0]["name"], e["cast"][1]["name"]]
             hz = H.BY_ID.get(e["hazard_id"]) if e["hazard_id"] else None
