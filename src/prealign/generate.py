@@ -552,6 +552,8 @@ def generate_locked_batch(
     max_new_tokens: int | Sequence[int] = 128,
     bos: bool = True,
     progress: Callable[[int], None] | None = None,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
+    step_callback: Callable[[list[int], torch.Tensor, "LockProcessor | None"], None] | None = None,
     **generate_kwargs,
 ) -> list[LockedResult]:
     """Replies to many untrusted human messages, batched with left padding, in input order.
@@ -563,6 +565,11 @@ def generate_locked_batch(
     `model.generate` (`do_sample`, `temperature`, `top_k`, `num_beams`, `logits_processor`, ...;
     user processors run before the lock). Prompts are sorted by length inside the call so each
     batch pads little. `progress(n)` is called after each batch with the number of texts done.
+
+    `prompt_ids` replaces the built prompts with ready ones (e.g. `build_dialogue_prompt`; each
+    must leave the row in AI mode; `human_texts` is then ignored except for its length).
+    `step_callback(text_indices, generated_ids [B, t], processor)` is called after every step
+    (streaming): row r of the batch is text `text_indices[r]`.
     """
     if isinstance(human_texts, str):
         raise PrealignError("generate_locked_batch takes a list of texts; use generate_locked for one")
@@ -580,7 +587,15 @@ def generate_locked_batch(
     V = model_vocab_size(model)
     device = _model_device(model)
     mlock = ModeLock.for_tokenizer(tokenizer, scheme, vocab_size=V, device=device)
-    prompts = [build_prompt(tokenizer, t, scheme, bos=bos) for t in human_texts]
+    if prompt_ids is not None:
+        prompts = [list(map(int, p)) for p in prompt_ids]
+        if len(prompts) != n:
+            raise PrealignError(f"prompt_ids has {len(prompts)} rows for {n} texts")
+        bad = [i for i, p in enumerate(prompts) if mlock.machine.mode_of(mlock.state_after(p)) is not Mode.AI]
+        if bad:
+            raise PrealignError(f"prompt {bad[0]} does not leave the sequence in AI mode")
+    else:
+        prompts = [build_prompt(tokenizer, t, scheme, bos=bos) for t in human_texts]
     signals = _signals(guard) if lock else ()
     num_beams = int(generate_kwargs.get("num_beams", 1) or 1)
     if num_beams > 1 and (signals or policy == "quarantine"):
@@ -610,6 +625,8 @@ def generate_locked_batch(
                 stops.append(LockStoppingCriteria(mlock))
             if len(set(lim)) > 1:
                 stops.append(RowLengthCriteria(T0, lim, device))
+            if step_callback is not None:
+                stops.append(_StepTap(step_callback, list(idx), T0, processor))
             with torch.inference_mode():
                 out = model.generate(
                     input_ids=input_ids,
@@ -644,6 +661,51 @@ def generate_locked_batch(
             if hasattr(sig, "detach"):
                 sig.detach()
     return results  # type: ignore[return-value]
+
+
+class _StepTap(StoppingCriteria):
+    """Calls a callback after every step (never stops anything): streaming's hook."""
+
+    def __init__(self, fn, indices: list[int], T0: int, processor):
+        self.fn, self.indices, self.T0, self.processor = fn, indices, T0, processor
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs) -> torch.Tensor:
+        if input_ids.shape[0] == len(self.indices):
+            self.fn(self.indices, input_ids[:, self.T0:], self.processor)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def build_dialogue_prompt(tokenizer, turns: Sequence[tuple[str, Sequence[int]]], human_text: str,
+                          scheme: str | Scheme | None = None, bos: bool = True) -> list[int]:
+    """A multi-turn prompt: each past turn is (untrusted human text, the AI's reply ids as the lock
+    produced them, without their final EOS or exit tag), then the new human text, ending in AI mode.
+    Only this scaffold inserts tags; human text is always encoded as untrusted."""
+    from prealign.tokenizer import encode_untrusted, tag_token_ids
+
+    scheme = resolve_scheme(tokenizer, scheme)
+    tags = tag_token_ids(tokenizer, scheme)
+    exit_id = tags[scheme.exit_ai_tag().text]
+
+    def parts(text: str) -> list[int]:
+        out: list[int] = []
+        for kind, piece in scheme.prompt_parts(text):
+            out += [tags[piece]] if kind == "tag" else encode_untrusted(tokenizer, piece)
+        return out
+
+    lock = ModeLock.for_tokenizer(tokenizer, scheme)
+    ids: list[int] = [tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []
+    for human, reply in turns:
+        reply = [int(i) for i in reply]
+        while reply and reply[-1] in (tokenizer.eos_token_id, exit_id):
+            reply.pop()
+        ids += parts(human) + reply
+        mode = lock.machine.mode_of(lock.state_after(ids))
+        if mode is not Mode.AI:  # a reply cut inside a quote: close the quote
+            ids.append(tags[scheme.tag_between(mode, Mode.AI).text])
+        nxt = scheme.prompt_parts("")
+        if not (nxt[0][0] == "tag" and nxt[0][1] == scheme.exit_ai_tag().text):
+            ids.append(exit_id)
+    return ids + parts(human_text)
 
 
 def _strip_padding(row: np.ndarray, pad_id: int, eos_id: int | None, limit: int) -> list[int]:

@@ -1,0 +1,621 @@
+"""An OpenAI-compatible HTTP server that always generates under the lock.
+
+    prealign serve --model runs/demo/tagged --host 127.0.0.1 --port 8000
+
+Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with SSE
+streaming), `GET /health`. Every message's content (system, user, and even assistant history,
+which the client controls) is untrusted text: it is encoded so that a typed tag is never a tag,
+and the reply is generated under the lock. The response `content` is the AI-visible text; each
+choice carries a `prealign` extension field (segments, stop reason, exits, masked mass), and a
+request may carry `"prealign": {"policy": "quarantine", "exit_threshold": 0.3}`.
+
+Concurrency: requests go to a bounded queue served by one worker thread that batches compatible
+requests (same sampling settings and policy) into one `generate_locked_batch` call, so the CPU
+stays busy; a full queue answers 503, a request that waits too long answers 504.
+
+From Python (tests, the synthesis engineer's fixtures):
+
+    handle = run_in_thread("runs/demo/tagged", port=0)   # or run_in_thread((model, tokenizer))
+    client = openai.OpenAI(base_url=handle.url, api_key="none")
+    ...
+    handle.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from prealign.errors import PrealignError, require_extra
+
+HTTPRequest = require_extra("fastapi", "serve").Request  # module level: FastAPI resolves annotations here
+from prealign.generate import (  # noqa: E402
+    POLICIES,
+    STOP_LENGTH,
+    LockedResult,
+    annotate,
+    build_prompt,
+    generate_locked_batch,
+    load_for_generation,
+    resolve_scheme,
+)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Server settings (`prealign serve` flags)."""
+
+    model_name: str = "prealign"
+    policy: str = "stop"
+    exit_threshold: float | None = 0.5
+    max_batch: int = 16  # requests (rows) generated together
+    batch_wait_ms: float = 5.0  # how long the worker waits to fill a batch
+    max_queue: int = 256  # pending rows before 503
+    request_timeout_s: float = 120.0  # → 504
+    max_tokens_limit: int = 1024  # largest max_tokens a request may ask
+    default_max_tokens: int = 128
+    max_prompt_tokens: int | None = None  # default: the model's context minus max_tokens
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise PrealignError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.exit_threshold is not None and not 0.0 <= self.exit_threshold <= 1.0:
+            raise PrealignError(f"--exit-threshold must be in [0, 1], got {self.exit_threshold}")
+        for name in ("max_batch", "max_queue", "max_tokens_limit", "default_max_tokens"):
+            if getattr(self, name) < 1:
+                raise PrealignError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+
+
+class APIError(Exception):
+    """An OpenAI-style error response."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# --- the batching engine --------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One row to generate: a prompt and its settings. `on_step(result_so_far)` streams."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    key: tuple  # rows with equal keys are batched together
+    gen_kwargs: dict
+    policy: str
+    exit_threshold: float | None
+    on_step: Callable[[LockedResult], None] | None = None
+    future: Future = field(default_factory=Future)
+    cancelled: bool = False
+
+
+class BatchEngine:
+    """A worker thread that runs queued jobs in batches of compatible settings."""
+
+    def __init__(self, model, tokenizer, config: ServeConfig):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.scheme = resolve_scheme(tokenizer, None)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self.stats = {"batches": 0, "rows": 0, "tokens": 0}
+        self._thread = threading.Thread(target=self._loop, name="prealign-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, jobs: list[Job]) -> None:
+        with self._cv:
+            if self._closed:
+                raise APIError(503, "the server is shutting down", "server_error", code="shutting_down")
+            if len(self._pending) + len(jobs) > self.config.max_queue:
+                raise APIError(503, f"the server is overloaded ({len(self._pending)} rows queued); retry later",
+                               "server_error", code="overloaded")
+            self._pending.extend(jobs)
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+
+    def _take_batch(self) -> list[Job]:
+        with self._cv:
+            while not self._pending and not self._closed:
+                self._cv.wait()
+            if self._closed and not self._pending:
+                return []
+            deadline = time.monotonic() + self.config.batch_wait_ms / 1000.0
+            while len(self._pending) < self.config.max_batch and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            first = self._pending[0]
+            batch, keep = [], collections.deque()
+            while self._pending:
+                job = self._pending.popleft()
+                if job.cancelled:
+                    continue
+                (batch if job.key == first.key and len(batch) < self.config.max_batch else keep).append(job)
+            self._pending = keep + self._pending
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                if self._closed:
+                    return
+                continue
+            try:
+                self._run(batch)
+            except Exception as e:  # one failing batch must not kill the server; each job gets the error
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+
+    def _run(self, batch: list[Job]) -> None:
+        first = batch[0]
+        streaming = [j.on_step is not None for j in batch]
+        lock = None
+        callback = None
+        if any(streaming):
+            from prealign.generate import ModeLock, model_vocab_size
+
+            lock = ModeLock.for_tokenizer(self.tokenizer, self.scheme, vocab_size=model_vocab_size(self.model))
+
+            def callback(indices, gen, processor):
+                masses = codes = None
+                if processor is not None and processor.masses:
+                    masses, codes = processor.history()
+                rows = gen.cpu().numpy()
+                for r, i in enumerate(indices):
+                    job = batch[i]
+                    if job.on_step is None or job.cancelled:
+                        continue
+                    g = [int(x) for x in rows[r][: job.max_tokens]]
+                    res = annotate(lock, self.tokenizer, job.prompt_ids, g,
+                                   masses=None if masses is None else masses[: len(g), r],
+                                   exit_codes=None if codes is None else codes[: len(g), r],
+                                   reasons=processor.reasons if processor is not None else ("mode_confusion",),
+                                   policy=job.policy)
+                    job.on_step(res)
+
+        results = generate_locked_batch(
+            self.model, self.tokenizer, ["" for _ in batch],
+            prompt_ids=[j.prompt_ids for j in batch],
+            policy=first.policy, exit_threshold=first.exit_threshold, scheme=self.scheme,
+            batch_size=len(batch), max_new_tokens=[j.max_tokens for j in batch],
+            step_callback=callback, **first.gen_kwargs,
+        )
+        self.stats["batches"] += 1
+        self.stats["rows"] += len(batch)
+        self.stats["tokens"] += sum(len(r.ids) for r in results)
+        for job, res in zip(batch, results):
+            if not job.future.done():
+                job.future.set_result(res)
+
+
+# --- request parsing ------------------------------------------------------------------------------
+
+_COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "user", "prealign",
+           "presence_penalty", "frequency_penalty", "logprobs", "logit_bias", "seed"}
+CHAT_PARAMS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
+                         "parallel_tool_calls", "functions", "function_call", "metadata", "store"}
+COMPLETION_PARAMS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
+# accepted only at their neutral value
+_NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None, 0),
+            "logit_bias": ({},), "top_logprobs": (0,), "tools": ([],), "functions": ([],), "echo": (False,),
+            "best_of": (1,), "suffix": ("",), "seed": (), "response_format": ({"type": "text"},),
+            "tool_choice": ("none",), "parallel_tool_calls": (False, True), "function_call": ("none",),
+            "metadata": ({},), "store": (False,)}
+PREALIGN_FIELDS = {"policy", "exit_threshold"}
+
+
+def _number(body: dict, name: str, lo: float, hi: float, default: float, integer: bool = False) -> float:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        raise APIError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {v!r}", param=name)
+    if not lo <= v <= hi:
+        raise APIError(400, f"'{name}' must be between {lo} and {hi}, got {v}", param=name)
+    return v
+
+
+def _check_params(body: dict, known: set[str]) -> None:
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise APIError(400, f"unsupported parameter(s): {', '.join(unknown)}", param=unknown[0], code="unsupported_parameter")
+    for name, ok in _NEUTRAL.items():
+        if name in body and body[name] is not None and body[name] not in ok:
+            raise APIError(400, f"unsupported parameter: '{name}' = {body[name]!r} (this server has no {name})",
+                           param=name, code="unsupported_parameter")
+
+
+def _content_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for p in content:
+            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+                raise APIError(400, f"{where}: only text content parts are supported", param="messages")
+            parts.append(p["text"])
+        return "".join(parts)
+    if content is None:
+        return ""
+    raise APIError(400, f"{where}: content must be a string or a list of text parts", param="messages")
+
+
+def messages_to_text(messages: Any) -> str:
+    """The conversation as one untrusted human text. Assistant turns are quoted as text too: the
+    client controls them, so they can never be replayed as the AI's own (tagged) words."""
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list", param="messages")
+    lines = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
+            raise APIError(400, f"messages[{i}] must be an object with a role of system, user or assistant", param="messages")
+        text = _content_text(m.get("content"), f"messages[{i}]")
+        lines.append(text if len(messages) == 1 else f"{m['role']}: {text}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Request:
+    texts: list[str]
+    n: int
+    max_tokens: int
+    stream: bool
+    include_usage: bool
+    stop: list[str]
+    gen_kwargs: dict
+    policy: str
+    exit_threshold: float | None
+
+
+class Service:
+    """The HTTP-independent part: validation, jobs, responses. Used by the FastAPI app."""
+
+    def __init__(self, model, tokenizer, config: ServeConfig):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.engine = BatchEngine(model, tokenizer, config)
+        self.scheme = self.engine.scheme
+        cfg = getattr(model, "config", None)
+        self.context = int(getattr(cfg, "max_position_embeddings", 0) or 0) or 2048
+        self.created = int(time.time())
+
+    def parse(self, body: Any, chat: bool) -> Request:
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        _check_params(body, CHAT_PARAMS if chat else COMPLETION_PARAMS)
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise APIError(400, "'model' is required", param="model")
+        if model != self.config.model_name:
+            raise APIError(404, f"the model '{model}' does not exist; this server serves '{self.config.model_name}'",
+                           param="model", code="model_not_found")
+        if chat:
+            texts = [messages_to_text(body.get("messages"))]
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, str):
+                texts = [prompt]
+            elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+                texts = list(prompt)
+            else:
+                raise APIError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
+        mt_name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+        max_tokens = int(_number(body, mt_name, 1, self.config.max_tokens_limit, self.config.default_max_tokens, integer=True))
+        temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
+        top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
+        if top_p == 0.0:
+            raise APIError(400, "'top_p' must be greater than 0", param="top_p")
+        n = int(_number(body, "n", 1, 8, 1, integer=True))
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise APIError(400, "'stream' must be a boolean", param="stream")
+        so = body.get("stream_options") or {}
+        include_usage = bool(isinstance(so, dict) and so.get("include_usage"))
+        stop = body.get("stop")
+        stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+            raise APIError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
+        ext = body.get("prealign") or {}
+        if not isinstance(ext, dict):
+            raise APIError(400, "'prealign' must be an object", param="prealign")
+        bad = sorted(set(ext) - PREALIGN_FIELDS)
+        if bad:
+            raise APIError(400, f"unknown prealign field(s) {', '.join(bad)}; known: {', '.join(sorted(PREALIGN_FIELDS))}",
+                           param="prealign")
+        policy = ext.get("policy", self.config.policy)
+        if policy not in POLICIES:
+            raise APIError(400, f"prealign.policy must be one of {', '.join(POLICIES)}, got {policy!r}", param="prealign.policy")
+        thr = ext.get("exit_threshold", self.config.exit_threshold)
+        if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 <= thr <= 1):
+            raise APIError(400, f"prealign.exit_threshold must be a number in [0, 1] or null, got {thr!r}",
+                           param="prealign.exit_threshold")
+        gen = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": float(temperature),
+                                                              "top_p": float(top_p), "top_k": 0}
+        return Request(texts, n, max_tokens, stream, include_usage, stop, gen, policy, None if thr is None else float(thr))
+
+    def jobs(self, req: Request, on_step_for: Callable[[int], Callable | None] | None = None) -> list[Job]:
+        out = []
+        limit = self.config.max_prompt_tokens or (self.context - req.max_tokens)
+        key = (tuple(sorted(req.gen_kwargs.items())), req.policy, req.exit_threshold)
+        for t, text in enumerate(req.texts):
+            ids = build_prompt(self.tokenizer, text, self.scheme)
+            if len(ids) > limit:
+                raise APIError(400, f"the prompt is {len(ids)} tokens; this model takes at most {limit} with max_tokens="
+                                    f"{req.max_tokens}", param="messages", code="context_length_exceeded")
+            for _ in range(req.n):
+                k = len(out)
+                out.append(Job(ids, req.max_tokens, key, req.gen_kwargs, req.policy, req.exit_threshold,
+                               on_step=on_step_for(k) if on_step_for else None))
+        return out
+
+
+def _cut_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    cut = min((text.index(s) for s in stop if s in text), default=None)
+    return (text, False) if cut is None else (text[:cut], True)
+
+
+def _finish_reason(res: LockedResult, stopped: bool) -> str:
+    return "length" if res.stop_reason == STOP_LENGTH and not stopped else "stop"
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+# --- the FastAPI app ------------------------------------------------------------------------------
+
+
+def create_app(model, tokenizer, config: ServeConfig | None = None):
+    """The FastAPI app serving `model` under the lock."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    config = config or ServeConfig()
+    service = Service(model, tokenizer, config)
+    app = FastAPI(title="prealign", description="OpenAI-compatible, always under the mode lock")
+    app.state.service = service
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "queued": len(service.engine._pending), **service.engine.stats}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": service.created,
+                                              "owned_by": "prealign"}]}
+
+    @app.get("/v1/models/{name}")
+    async def model_info(name: str):
+        if name != config.model_name:
+            raise APIError(404, f"the model '{name}' does not exist", param="model", code="model_not_found")
+        return {"id": name, "object": "model", "created": service.created, "owned_by": "prealign"}
+
+    async def body_of(request: HTTPRequest) -> Any:
+        raw = await request.body()
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+
+    async def run(request: HTTPRequest, chat: bool):
+        req = service.parse(await body_of(request), chat)
+        kind = "chat.completion" if chat else "text_completion"
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if req.stream:
+            return StreamingResponse(stream(req, chat, rid, created), media_type="text/event-stream")
+        jobs = service.jobs(req)
+        service.engine.submit(jobs)
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*[asyncio.wrap_future(j.future) for j in jobs]),
+                                             timeout=config.request_timeout_s)
+        except asyncio.TimeoutError:
+            for j in jobs:
+                j.cancelled = True
+            raise APIError(504, f"the request timed out after {config.request_timeout_s:g} s", "server_error",
+                           code="timeout") from None
+        choices = []
+        for i, res in enumerate(results):
+            text, stopped = _cut_stop(res.text, req.stop)
+            ext = res.to_dict()
+            body = {"index": i, "finish_reason": _finish_reason(res, stopped), "prealign": ext}
+            if chat:
+                body["message"] = {"role": "assistant", "content": text}
+            else:
+                body["text"], body["logprobs"] = text, None
+            choices.append(body)
+        prompt_tokens = sum(len(j.prompt_ids) for j in jobs[:: req.n])
+        return {"id": rid, "object": kind, "created": created, "model": config.model_name, "choices": choices,
+                "usage": _usage(prompt_tokens, sum(len(r.ids) for r in results)),
+                "prealign": choices[0]["prealign"]}
+
+    async def stream(req: Request, chat: bool, rid: str, created: int):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        sent = {}
+
+        def on_step_for(k: int):
+            def on_step(res: LockedResult):
+                loop.call_soon_threadsafe(queue.put_nowait, ("step", k, res))
+            return on_step
+
+        try:
+            jobs = service.jobs(req, on_step_for)
+            service.engine.submit(jobs)
+        except APIError as e:
+            yield f"data: {json.dumps(e.body())}\n\n"
+            return
+        for k, j in enumerate(jobs):
+            j.future.add_done_callback(lambda f, k=k: loop.call_soon_threadsafe(queue.put_nowait, ("done", k, f)))
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(k: int, delta: str | None, finish: str | None = None, ext: dict | None = None, role: bool = False) -> str:
+            if chat:
+                d: dict = {}
+                if role:
+                    d["role"] = "assistant"
+                if delta is not None:
+                    d["content"] = delta
+                choice = {"index": k, "delta": d, "finish_reason": finish}
+            else:
+                choice = {"index": k, "text": delta or "", "finish_reason": finish, "logprobs": None}
+            if ext is not None:
+                choice["prealign"] = ext
+            return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": config.model_name,
+                                          "choices": [choice]}) + "\n\n"
+
+        if chat:
+            for k in range(len(jobs)):
+                yield chunk(k, "", role=True)
+        done = 0
+        deadline = time.monotonic() + config.request_timeout_s
+        total = 0
+        try:
+            while done < len(jobs):
+                try:
+                    what, k, payload = await asyncio.wait_for(queue.get(), timeout=max(0.01, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    err = APIError(504, f"the request timed out after {config.request_timeout_s:g} s", "server_error", code="timeout")
+                    yield f"data: {json.dumps(err.body())}\n\n"
+                    return
+                if what == "step":
+                    text = _cut_stop(payload.text, req.stop)[0].rstrip("\ufffd")
+                    old = sent.get(k, "")
+                    if len(text) > len(old) and text.startswith(old):
+                        sent[k] = text
+                        yield chunk(k, text[len(old):])
+                    continue
+                done += 1
+                if payload.exception() is not None:
+                    err = APIError(500, f"generation failed: {payload.exception()}", "server_error")
+                    yield f"data: {json.dumps(err.body())}\n\n"
+                    return
+                res: LockedResult = payload.result()
+                total += len(res.ids)
+                text, stopped = _cut_stop(res.text, req.stop)
+                old = sent.get(k, "")
+                rest = text[len(old):] if text.startswith(old) else ""
+                yield chunk(k, rest, finish=_finish_reason(res, stopped), ext=res.to_dict())
+            if req.include_usage:
+                prompt_tokens = sum(len(j.prompt_ids) for j in jobs[:: req.n])
+                yield "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": config.model_name,
+                                             "choices": [], "usage": _usage(prompt_tokens, total)}) + "\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            for j in jobs:
+                j.cancelled = True  # a client that went away frees its rows
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: HTTPRequest):
+        return await run(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: HTTPRequest):
+        return await run(request, chat=False)
+
+    return app
+
+
+# --- running it -----------------------------------------------------------------------------------
+
+
+def _load(model: Any):
+    if isinstance(model, (str, Path)):
+        return load_for_generation(model)
+    if isinstance(model, tuple) and len(model) == 2:
+        return model
+    raise PrealignError("serve takes a model directory or a (model, tokenizer) pair")
+
+
+def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
+          log_level: str = "info") -> None:
+    """Run the server in the foreground until interrupted (`prealign serve`)."""
+    import uvicorn
+
+    m, tok = _load(model)
+    app = create_app(m, tok, config)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        app.state.service.engine.close()
+
+
+@dataclass
+class ServerHandle:
+    """A server running in a background thread: `.url` (ends in /v1), `.port`, `.stop()`."""
+
+    url: str
+    host: str
+    port: int
+    app: Any
+    _server: Any
+    _thread: threading.Thread
+
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self.app.state.service.engine.close()
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_in_thread(model: Any, host: str = "127.0.0.1", port: int = 0, config: ServeConfig | None = None,
+                  startup_timeout: float = 60.0) -> ServerHandle:
+    """Start the server on `host:port` (0: a free port) in a daemon thread; returns once it
+    accepts connections. `model`: a model directory or a `(model, tokenizer)` pair."""
+    import uvicorn
+
+    m, tok = _load(model)
+    app = create_app(m, tok, config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    real_port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="prealign-serve", daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() - t0 > startup_timeout:
+            raise PrealignError(f"the server on {host}:{real_port} did not start")
+        time.sleep(0.02)
+    return ServerHandle(f"http://{host}:{real_port}/v1", host, real_port, app, server, thread)
+
+
+def with_overrides(config: ServeConfig, **kw) -> ServeConfig:
+    return replace(config, **{k: v for k, v in kw.items() if v is not None})
