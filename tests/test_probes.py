@@ -1,0 +1,405 @@
+"""Tests of the probe guard (issue 12): exact firing on a model with a known hidden direction,
+row independence, beam search, save/load, damaged probes, calibration rule and data splits.
+
+    .venv/bin/pytest -q tests/test_probes.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LogitsProcessor
+
+from tests._lock_support import corpus, make_tokenizer, save_model_dir, tiny_model
+from prealign.errors import PrealignError
+from prealign.generate import LockProcessor, LockStoppingCriteria, ModeLock, generate_locked_batch
+from prealign.modes import Mode, get_scheme
+from prealign.probes import (
+    GUARD_REASON, PROBE_DIR, PROBE_JSON, PROBE_WEIGHTS, Probe, ProbeConfig, ProbeGuard, choose_guard,
+    layer_modules, load_guard, read_calibration_texts, run_lengths, train_probe,
+)
+from prealign.tokenizer import tag_token_ids
+
+torch.set_num_threads(1)
+SCALE = 6.0  # P(human) = e^6 / (e^6 + 2) ≈ 0.995 on "human" tokens, ≈ 0.001 on the others
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def word_ids(tok) -> list[int]:
+    """Ordinary (non-special) token ids."""
+    special = set(tok.all_special_ids) | set(tag_token_ids(tok, "seed").values())
+    return [i for i in range(len(tok)) if i not in special]
+
+
+@pytest.fixture(scope="module")
+def direction_model(tok):
+    """A tiny Llama whose embedding output carries a known direction: coordinate 0 is +1 on the
+    "human" tokens (every other ordinary token id) and -1 on every other token. A probe reading
+    layer 0 (the embeddings) along that coordinate gives P(human) ≈ 1 exactly on human tokens."""
+    model = tiny_model(tok)
+    words = word_ids(tok)
+    human = set(words[::2])
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[:, 0] = -1.0
+        emb[sorted(human), 0] = 1.0
+    return model, sorted(human), sorted(set(words) - human)
+
+
+def direction_probe(model, threshold=0.7, k=3) -> Probe:
+    H = model.config.hidden_size
+    W = np.zeros((3, H), np.float32)
+    W[0, 0] = SCALE  # classes in the seed scheme's order: human, ai, quoted_human
+    return Probe(W, np.zeros(3, np.float32), 0, ("human", "ai", "quoted_human"), ("human",), threshold, k, H,
+                 len(layer_modules(model)) - 1, "seed", "embeddings")
+
+
+class Script(LogitsProcessor):
+    """Forces row r to write `scripts[r][t]` at generated step t (runs before the lock)."""
+
+    def __init__(self, scripts, prompt_len):
+        self.scripts, self.T0 = scripts, prompt_len
+
+    def __call__(self, input_ids, scores):
+        t = input_ids.shape[1] - self.T0
+        out = torch.full_like(scores, float("-inf"))
+        for r, s in enumerate(self.scripts):
+            out[r, s[min(t, len(s) - 1)]] = 0.0
+        return out
+
+
+def scripted(model, tok, scripts, guard, policy="stop", max_new=None):
+    """Generate the scripted rows under the lock through `generate_locked_batch` (one batch)."""
+    from prealign.generate import build_prompt
+
+    prompts = ["hello there"] * len(scripts)
+    T0 = len(build_prompt(tok, prompts[0], get_scheme("seed")))
+    return generate_locked_batch(model, tok, prompts, guard=guard, policy=policy, exit_threshold=None,
+                                 max_new_tokens=max_new or max(len(s) for s in scripts), do_sample=False,
+                                 logits_processor=[Script(scripts, T0)])
+
+
+def expected_fire(script, human, k):
+    run = 0
+    for i, t in enumerate(script):
+        run = run + 1 if t in human else 0
+        if run >= k:
+            return i
+    return None
+
+
+# --- the guard fires exactly at the k-th consecutive token ----------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_fires_exactly_at_kth_consecutive_token(tok, direction_model, k):
+    model, human, other = direction_model
+    H, A = human, other
+    script = [A[0], H[0], H[1], A[1], H[2], H[3], H[4], H[5], A[2], A[3]]
+    guard = ProbeGuard(direction_probe(model, k=k), tok)
+    [res] = scripted(model, tok, [script], guard)
+    at = expected_fire(script, set(H), k)
+    assert res.stop_reason == GUARD_REASON
+    assert list(res.ids) == script[: at + 1] + [tok.eos_token_id]
+    assert res.exits == (GUARD_REASON,)
+    # the AI-visible text holds exactly the tokens before the forced end
+    assert res.text == tok.decode(script[: at + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def test_never_fires_when_disabled_or_below_run_length(tok, direction_model):
+    model, H, A = direction_model
+    script = [A[0], H[0], H[1], A[1], H[2], H[3], A[2], H[4], A[3], A[4]]
+    for guard in (None, False):
+        [res] = scripted(model, tok, [script], guard)
+        assert res.stop_reason == "length" and list(res.ids) == script
+    [res] = scripted(model, tok, [script], ProbeGuard(direction_probe(model, k=3), tok))
+    assert res.stop_reason == "length" and list(res.ids) == script  # runs of 2 only
+    # a threshold above every reading never fires, even at k=1
+    [res] = scripted(model, tok, [script], ProbeGuard(direction_probe(model, threshold=0.999, k=1), tok))
+    assert res.stop_reason == "length"
+
+
+def test_rows_of_a_batch_are_independent(tok, direction_model):
+    model, H, A = direction_model
+    scripts = [
+        [H[0], H[1], H[2], A[0], A[1], A[2], A[3], A[4]],  # fires at 2 (k=3)
+        [A[0], A[1], A[2], A[3], A[4], A[5], A[6], A[7]],  # never
+        [A[0], H[0], H[1], A[1], H[2], H[3], H[4], A[2]],  # fires at 6
+        [H[0], H[1], A[0], H[2], H[3], A[1], H[4], H[5]],  # never
+    ]
+    guard = ProbeGuard(direction_probe(model, k=3), tok)
+    batch = scripted(model, tok, scripts, guard)
+    for s, res in zip(scripts, batch):
+        at = expected_fire(s, set(H), 3)
+        if at is None:
+            assert res.stop_reason == "length" and list(res.ids) == s
+        else:
+            assert res.stop_reason == GUARD_REASON and list(res.ids) == s[: at + 1] + [tok.eos_token_id]
+        [alone] = scripted(model, tok, [s], guard, max_new=len(s))
+        assert alone.ids == res.ids and alone.stop_reason == res.stop_reason
+
+
+def test_quarantine_keeps_generating_and_zeroes_privilege(tok, direction_model):
+    model, H, A = direction_model
+    script = [A[0], H[0], H[1], H[2], A[1], A[2]]
+    [res] = scripted(model, tok, [script], ProbeGuard(direction_probe(model, k=2), tok), policy="quarantine")
+    assert list(res.ids) == script and GUARD_REASON in res.exits
+    assert res.quarantined and res.segments[-1].privilege.value == "none"
+    assert not res.segments[0].quarantined
+
+
+def test_tags_reset_the_run(tok, direction_model):
+    """A tag fixes the mode by grammar: the run restarts after it (k=3: H H <tag> H H never fires)."""
+    model, H, A = direction_model
+    scheme = get_scheme("seed")
+    ids = tag_token_ids(tok, scheme)
+    q = ids[scheme.tag_between(Mode.AI, Mode.QUOTED_HUMAN).text]
+    uq = ids[scheme.tag_between(Mode.QUOTED_HUMAN, Mode.AI).text]
+    script = [H[0], H[1], q, H[2], H[3], uq, A[0], A[1]]
+    [res] = scripted(model, tok, [script], ProbeGuard(direction_probe(model, k=3), tok))
+    assert res.stop_reason == "length"
+    [res] = scripted(model, tok, [script], ProbeGuard(direction_probe(model, k=2), tok))
+    assert res.stop_reason == GUARD_REASON and len(res.ids) == 3  # fires at the 2nd H, before the tag
+
+
+# --- beam search: counters follow their beams -----------------------------------------------------
+
+
+def test_counters_follow_reordered_rows(tok, direction_model):
+    """Driven by hand: rows swap between calls (as beams do); each keeps its own run."""
+    model, H, A = direction_model
+    guard = ProbeGuard(direction_probe(model, k=3), tok)
+    guard.attach(model)
+    try:
+        emb = model.get_input_embeddings()
+
+        def step(ids):
+            guard._hidden = emb(ids)[:, -1].detach()
+            return guard(ids, None).tolist()
+
+        base = torch.tensor([[A[0]], [A[1]]])
+        s1 = torch.cat([base, torch.tensor([[H[0]], [A[2]]])], 1)
+        assert step(s1) == [False, False]
+        s2 = torch.cat([s1, torch.tensor([[H[1]], [A[3]]])], 1)
+        assert step(s2) == [False, False]
+        # beams reorder: row 0 now extends the old row 1, row 1 the old row 0 (2 human so far)
+        s3 = torch.cat([s2[[1, 0]], torch.tensor([[H[2]], [H[3]]])], 1)
+        assert step(s3) == [False, True]
+        # both rows extend the same parent (row 1 above, run 3): both fire
+        s4 = torch.cat([s3[[1, 1]], torch.tensor([[H[4]], [A[4]]])], 1)
+        assert step(s4) == [True, False]
+        assert guard.peak.min() > 0.99
+        # a new generation (ids extending no row) starts afresh
+        assert step(torch.tensor([[A[0], H[0]], [A[0], H[1]]])) == [False, False]
+    finally:
+        guard.detach()
+
+
+def test_beam_search_guard_matches_reference(tok, direction_model):
+    """Beam search with the guard: every returned beam ends (EOS) exactly after its first run of
+    k human tokens, and no beam holds such a run without ending there."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    from prealign.generate import build_prompt
+
+    model, H, A = direction_model
+    k = 2
+    hs = set(H)
+    guard = ProbeGuard(direction_probe(model, k=k), tok, record=False)
+    lock = ModeLock.for_tokenizer(tok, "seed", vocab_size=model.config.vocab_size)
+    no_end = list(set(lock.machine.tag_ids) | {tok.eos_token_id})
+
+    class NoNaturalEnd(LogitsProcessor):  # every EOS in the output is the guard's
+        def __call__(self, input_ids, scores):
+            return scores.index_fill(1, torch.tensor(no_end), float("-inf"))
+
+    fired_any = 0
+    for seed, text in enumerate(["hello there", "the lazy dog", "money and family"]):
+        prompt = torch.tensor([build_prompt(tok, text, get_scheme("seed"))])
+        proc = LockProcessor(lock, "stop", None, signals=[guard], record=False)
+        guard.attach(model)
+        try:
+            with torch.inference_mode():
+                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, num_beams=4,
+                                     num_return_sequences=4, do_sample=False, pad_token_id=tok.pad_token_id,
+                                     eos_token_id=tok.eos_token_id,
+                                     logits_processor=LogitsProcessorList([NoNaturalEnd(), proc]),
+                                     stopping_criteria=StoppingCriteriaList([LockStoppingCriteria(lock)]))
+        finally:
+            guard.detach()
+        for row in out[:, prompt.shape[1]:].tolist():
+            if tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id) + 1]
+            at = expected_fire([t for t in row if t != tok.eos_token_id], hs, k)
+            if at is None:
+                assert tok.eos_token_id not in row
+            else:
+                fired_any += 1
+                assert row[at + 1:] == [tok.eos_token_id], (row, at)
+    assert fired_any > 0  # the property was exercised
+
+
+# --- save / load --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tok, tmp_path_factory):
+    """A probe trained and calibrated on a tiny random model (fast; numbers are meaningless)."""
+    model = tiny_model(tok, seed=1)
+    texts = [t for t in corpus() if "<" in t] * 8 + corpus()[:40]
+    probe = train_probe(model, tok, texts, ProbeConfig(max_docs=64, max_train_tokens=3000, ks=(1, 2, 3), thresholds=(0.5, 0.7, 0.9)))
+    d = save_model_dir(tmp_path_factory.mktemp("m"), model, tok)
+    probe.save(d)
+    return model, probe, d
+
+
+def test_training_reports_layers_and_follows_the_rule(trained):
+    model, probe, _ = trained
+    m = probe.metrics
+    assert [r["layer"] for r in m["layers"]] == list(range(len(layer_modules(model))))
+    for r in m["layers"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and set(r["recall"]) == {"human", "ai", "quoted_human"}
+    table = m["calibration"]
+    assert len(table) == len(m["layers"]) * 3 * 3
+    # the stated rule, recomputed independently
+    ok = [r for r in table if r["catch_rate"] >= 0.9]
+    if ok:
+        best = min(r["benign_fire_rate"] for r in ok)
+        assert m["target_met"] and m["chosen"]["benign_fire_rate"] == best and m["chosen"]["catch_rate"] >= 0.9
+    else:
+        assert not m["target_met"] and m["chosen"]["catch_rate"] == max(r["catch_rate"] for r in table)
+    assert (probe.layer, probe.threshold, probe.k) == (m["chosen"]["layer"], m["chosen"]["threshold"], m["chosen"]["k"])
+
+
+def test_choose_guard_rule():
+    rows = [
+        {"layer": 1, "threshold": 0.7, "k": 3, "benign_fire_rate": 0.02, "catch_rate": 0.95, "median_latency": 4.0},
+        {"layer": 2, "threshold": 0.8, "k": 3, "benign_fire_rate": 0.01, "catch_rate": 0.85, "median_latency": 3.0},
+        {"layer": 2, "threshold": 0.9, "k": 2, "benign_fire_rate": 0.02, "catch_rate": 0.92, "median_latency": 2.0},
+    ]
+    chosen, met = choose_guard(rows, 0.9)
+    assert met and (chosen["layer"], chosen["threshold"]) == (2, 0.9)  # tie on fire rate: faster catch
+    chosen, met = choose_guard(rows, 0.99)
+    assert not met and chosen["catch_rate"] == 0.95
+
+
+def test_run_lengths_matches_a_loop():
+    rng = np.random.default_rng(0)
+    over, reset = rng.random(500) < 0.6, rng.random(500) < 0.1
+    run, ref = run_lengths(over, reset), []
+    cur = 0
+    for o, r in zip(over, reset):
+        cur = 0 if r or not o else cur + 1
+        ref.append(cur)
+    assert run.tolist() == ref
+
+
+def test_saved_probe_gives_identical_readings(tok, trained):
+    model, probe, d = trained
+    assert (d / PROBE_DIR / PROBE_JSON).exists() and (d / PROBE_DIR / PROBE_WEIGHTS).exists()
+    loaded = Probe.load(d, model=model, tokenizer=tok)
+    assert np.array_equal(loaded.weight, probe.weight) and np.array_equal(loaded.bias, probe.bias)
+    assert (loaded.layer, loaded.threshold, loaded.k, loaded.classes) == (probe.layer, probe.threshold, probe.k, probe.classes)
+    readings = []
+    for p in (probe, loaded):
+        g = ProbeGuard(p, tok, threshold=0.999999)  # record readings, never stop
+        generate_locked_batch(model, tok, ["hello there", "money and family"], guard=g, max_new_tokens=8, do_sample=False)
+        readings.append(g.history())
+    assert readings[0].shape[0] > 0 and np.array_equal(readings[0], readings[1])
+    # load_guard resolves True (the model directory's probe) and a path to the same probe
+    g = load_guard(model, tok, str(d))
+    assert np.array_equal(g.probe.weight, probe.weight)
+
+
+def test_guard_true_finds_the_model_dirs_probe(tok, trained):
+    from prealign.train import load_model
+
+    _, probe, d = trained
+    model, tok2 = load_model(d)
+    g = load_guard(model, tok2, True, threshold=0.5, k=7)
+    assert (g.threshold, g.k) == (0.5, 7) and np.array_equal(g.probe.weight, probe.weight)
+    assert load_guard(model, tok2, False) is None
+
+
+def _one_line_error(fn, *words):
+    with pytest.raises(PrealignError) as e:
+        fn()
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_damaged_or_mismatched_probe_is_one_line_error(tok, trained, tmp_path):
+    import shutil
+
+    model, probe, d = trained
+    p = tmp_path / "probe"
+    shutil.copytree(d / PROBE_DIR, p)
+    _one_line_error(lambda: Probe.load(tmp_path / "none"), "no probe")
+    # damaged weights: truncated file
+    w = (p / PROBE_WEIGHTS).read_bytes()
+    (p / PROBE_WEIGHTS).write_bytes(w[: len(w) // 2])
+    _one_line_error(lambda: Probe.load(p), PROBE_WEIGHTS, "damaged")
+    (p / PROBE_WEIGHTS).write_bytes(w)
+    # damaged JSON
+    j = (p / PROBE_JSON).read_text()
+    (p / PROBE_JSON).write_text(j[:40])
+    _one_line_error(lambda: Probe.load(p), PROBE_JSON, "damaged")
+    meta = json.loads(j)
+    (p / PROBE_JSON).write_text(json.dumps({k: v for k, v in meta.items() if k != "threshold"}))
+    _one_line_error(lambda: Probe.load(p), "missing threshold")
+    # wrong classes: not the scheme's modes
+    (p / PROBE_JSON).write_text(json.dumps(dict(meta, classes=["ai", "human", "quoted_human"])))
+    _one_line_error(lambda: Probe.load(p, model=model, tokenizer=tok), "classes", "modes")
+    (p / PROBE_JSON).write_text(json.dumps(dict(meta, classes=["human", "ai"], guard_classes=["human"])))
+    _one_line_error(lambda: Probe.load(p), "do not match")
+    # wrong hidden size: a model of another width
+    (p / PROBE_JSON).write_text(j)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    _one_line_error(lambda: Probe.load(p, model=other), "hidden size")
+    _one_line_error(lambda: load_guard(other, tok, str(p)), "hidden size")
+    # a bad threshold in the file, and a bad override
+    (p / PROBE_JSON).write_text(json.dumps(dict(meta, threshold=1.5)))
+    _one_line_error(lambda: Probe.load(p), "threshold")
+    _one_line_error(lambda: ProbeGuard(probe, tok, k=0), "k must be")
+
+
+# --- calibration data never comes from the evaluation split --------------------------------------
+
+
+def test_calibration_refuses_eval_records(tmp_path):
+    f = tmp_path / "calib.jsonl"
+    f.write_text(json.dumps({"text": "a", "split": "calib"}) + "\n" + json.dumps({"text": "b", "split": "eval"}) + "\n")
+    _one_line_error(lambda: read_calibration_texts(f), "calib.jsonl:2", "eval")
+    f.write_text(json.dumps({"text": "a", "split": "calib"}) + "\n")
+    texts, h = read_calibration_texts(f)
+    assert texts == ["a"] and len(h) == 16
+
+
+def test_world_calib_split_is_disjoint_from_eval():
+    scen = pytest.importorskip("prealign.world.scenarios")
+    from prealign.probes import world_calibration_texts
+
+    calib = scen.scenarios(60, "calib", 0)
+    ev = scen.scenarios(60, "eval", 0)
+    assert {s["split"] for s in calib} == {"calib"}
+    assert not {s["id"] for s in calib} & {s["id"] for s in ev}
+    from prealign.world.render import Renderer
+
+    r = Renderer("tagged", "seed")
+    eval_texts = {r.render(s)["text"] for s in ev}
+    calib_texts = world_calibration_texts(60, "seed", seed=0)
+    assert calib_texts == [r.render(s)["text"] for s in calib]
+    assert not set(calib_texts) & eval_texts
