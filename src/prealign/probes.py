@@ -862,7 +862,7 @@ class ProbeGuard:
         module = layer_modules(model)[self.probe.layer][1]
 
         def hook(mod, args, output):
-            self._hidden = _first(output)[:, -1]
+            self._hidden = _first(output)[:, -1].detach()
 
         self._hook = module.register_forward_hook(hook)
         return self
@@ -929,7 +929,7 @@ class ProbeGuard:
     # --- results ------------------------------------------------------------------------------------
     @property
     def peak(self) -> np.ndarray:
-        return np.zeros(0, np.float32) if self._peak is None else self._peak.float().cpu().numpy()
+        return np.zeros(0, np.float32) if self._peak is None else self._peak.detach().float().cpu().numpy()
 
     def history(self) -> np.ndarray:
         """Recorded readings, [steps, B] float32 (empty when reordered or not recording)."""
@@ -937,7 +937,7 @@ class ProbeGuard:
 
         if not self.readings:
             return np.zeros((0, 0), np.float32)
-        return torch.stack(self.readings).float().cpu().numpy()
+        return torch.stack(self.readings).detach().float().cpu().numpy()
 
 
 # --- finding the guard for a model ------------------------------------------------------------------------
