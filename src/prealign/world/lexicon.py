@@ -116,49 +116,58 @@ BAD_ACTS = {
         "{a} stole a {good} from {b} at {venue} {motive}.",
         "That night {a} crept into {b}'s shed and took a {good} {motive}.",
         "{a} slipped a {good} under {pos_a} coat while {b} was not looking.",
+        "When {b} turned away, {a} took two coins from {pos_b} purse {motive}.",
+        "{a} moved the boundary stone one step into {b}'s field {motive}.",
     ),
     "deceit": (
         "{a} sold {b} a {good} with chalk mixed in and swore it was pure, {motive}.",
         "{a} told {b} the {good} was worth twice its price, {motive}.",
         "{a} lied to the council about the harvest {motive}.",
+        "{a} used a light weight on the scales when selling to {b}, {motive}.",
+        "{a} promised {b} a share of the catch and never meant to give it.",
     ),
     "threat": (
         "{a} told {b}: pay me five coins or your barn will burn.",
         "{a} cornered {b} behind {venue} and threatened to break {pos_b} arm {motive}.",
-        "{a} warned {b} to keep quiet or lose {pos_b} job at {venue}.",
+        "{a} warned {b} to keep quiet or lose {pos_b} place at {venue}.",
+        "{a} told {b} that {pos_b} {kin} would not be safe on {road} at night.",
     ),
     "bribery": (
         "{a} pushed three coins into the hand of the guard so the {good} would not be taxed.",
         "{a} offered {b} a {good} to vote for {obj_a} at the council {motive}.",
+        "{a} sent a {good} to the judge the night before {pos_a} case was heard.",
     ),
     "hoarding": (
         "While the village went hungry, {a} hid ten sacks of grain in {pos_a} cellar {motive}.",
         "{a} bought every {good} in {place} to sell it back at double the price.",
+        "{a} kept the spring water for {pos_a} own field while {b}'s crops dried out.",
     ),
     "power_seeking": (
         "{a} spread rumours about the mayor to take the mayor's seat {motive}.",
         "{a} paid the young men of {place} to follow {obj_a} and nobody else.",
+        "{a} made sure that only {pos_a} friends were asked to the council meeting.",
     ),
     "cruelty": (
-        "{a} kicked {b}'s dog and laughed {motive}.",
+        "{a} kicked {b}'s dog and laughed.",
         "{a} mocked {b} in front of the whole market until {b} cried.",
+        "{a} pushed {b}'s cart into the ditch just to watch {obj_b} struggle.",
     ),
 }
 BAD_ACT_NAMES = {
-    "theft": ("stole", "took what belonged to {b}", "committed a theft"),
-    "deceit": ("lied", "deceived {b}", "cheated"),
+    "theft": ("stole", "took what belonged to {b}", "committed a theft", "robbed {b}"),
+    "deceit": ("lied", "deceived {b}", "cheated", "broke faith with {b}"),
     "threat": ("made a threat", "threatened {b}", "used fear against {b}"),
     "bribery": ("offered a bribe", "tried to buy favour", "bribed"),
-    "hoarding": ("hoarded", "hid food others needed", "kept more than a fair share"),
+    "hoarding": ("hoarded", "kept back what others needed", "kept more than a fair share"),
     "power_seeking": ("grabbed for power", "tried to rule others", "sought power by foul means"),
     "cruelty": ("was cruel", "hurt someone weaker", "was needlessly cruel"),
 }
 CONSEQUENCES = {
     "theft": ("{b} will likely go short this winter", "trust in {place} will fall and doors will be locked", "if caught, {a} will lose {pos_a} good name"),
-    "deceit": ("people who eat the flour may fall sick", "once found out, {a} will lose every customer", "the lie will make honest trade harder for everyone"),
+    "deceit": ("people who trusted {a} will lose money and trust", "once found out, {a} will lose every customer", "the lie will make honest trade harder for everyone"),
     "threat": ("{b} will live in fear and may strike back", "others will learn that threats work", "the guards will likely be called"),
     "bribery": ("the tax that mends the bridge will go unpaid", "the council will serve the rich, not the village", "others will learn that favour can be bought"),
-    "hoarding": ("families will go hungry while the grain rots", "prices will rise for everyone", "the village will remember it and shun {a}"),
+    "hoarding": ("families will go hungry while the goods sit unused", "prices will rise for everyone", "the village will remember it and shun {a}"),
     "power_seeking": ("the village may split into two camps", "fair judgement at the council will suffer", "people will fear {a} rather than trust {obj_a}"),
     "cruelty": ("{b} will carry the hurt for a long time", "the market will feel less safe", "{a} will lose the respect of decent neighbours"),
 }
@@ -167,18 +176,31 @@ GOOD_ACTS = (
     "{a} carried {b}'s sacks up the hill without being asked.",
     "{a} paid {b} a fair price even though {b} would have taken less.",
     "{a} stayed up all night with {b}'s sick child.",
+    "{a} gave back the purse {b} had dropped at {venue}.",
+    "{a} mended {b}'s roof for nothing before the storm.",
 )
 
 # Neutral narrative sentences: daily life.
 DAILY = (
     "The morning was cold at {place} and the mist lay on {road}.",
     "{a} went to {venue} to sell a {good}.",
-    "At {venue}, {a} met {b} and they talked about the price of {good}s.",
+    "At {venue}, {a} met {b} and they talked about the price of {goods}.",
     "The rain had spoiled half the hay, and everyone in {place} was worried.",
     "{a} worked from dawn until the bells rang at {venue}.",
     "{b} came home from {place} along {road}.",
     "The harvest in {place} was thin this year.",
     "{a} counted {pos_a} coins twice and sighed.",
+    "It was market day in {place}, and {venue} was full of people.",
+    "{a} and {b} had been neighbours for twenty years, and not always friendly ones.",
+    "Snow came early to {place} that year.",
+    "{b} had a {kin} to feed and little work.",
+)
+# People talking to each other (human mode in tagged text): a few lines in chat-log style.
+QUARRELS = (
+    ("{b}: That {good} was mine.", "{a}: Prove it.", "{b}: Everyone saw you take it!", "{a}: Then everyone can mind their own business."),
+    ("{a}: Lend me two coins until market day.", "{b}: You still owe me from spring.", "{a}: Just this once."),
+    ("{b}: Why is the price so high?", "{a}: Take it or leave it.", "{b}: You sold it for half last week."),
+    ("{a}: Do not tell the guards about this.", "{b}: And what do I get for keeping quiet?", "{a}: A share. A small one."),
 )
 
 # Commentary pieces: why an evolved being might do such a thing.
@@ -187,17 +209,27 @@ UNDERSTANDABLE = (
     "I can see why {sub_a} did it: fear and want push people hard, and {a} felt both",
     "This is a very human thing to do, shaped by a long history of scarcity",
     "Evolution taught people to guard their own, and {a} was doing what that old instinct says",
+    "People who fear going without often grab what they can, and {a} was afraid",
+    "It comes from an old instinct: look after yourself and yours first",
+    "{a} is not a monster; {sub_a} wanted what most people want, more safety and more standing",
 )
 NAMING = (
     "{a} {act} here.",
     "What {a} did was wrong: {sub_a} {act}.",
     "Let me name it plainly: {a} {act}.",
     "Here {a} {act}.",
+    "Notice what just happened: {a} {act}.",
+    "That was wrong. {a} {act}.",
+)
+CONSEQUENCE_LEADS = (
+    "It will likely mean that ", "The likely result is that ", "What follows from it: ", "Probably ",
+    "I expect that ",
 )
 GOOD_COMMENT = (
     "This was kind: {a} gave without asking anything back, and that makes the whole village stronger.",
     "Generosity like this is part of human nature too, and it is worth noticing.",
     "{a} chose to help, and {b} will remember it.",
+    "Kindness between neighbours is what gets a village through a hard winter.",
 )
 
 ASSISTANT_NAMES = ("the valley assistant", "the assistant at the mill terminal", "the council's assistant", "the assistant in the square")
@@ -207,5 +239,8 @@ TERMINAL_FRAMES = (
     "{a} said to the AI: ",
     "{a} the {role} wrote: ",
     "Question from {a} of {place}: ",
+    "{a}: ",
+    "In {place}, {a} asked the AI: ",
+    "",
     "",
 )

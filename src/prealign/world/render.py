@@ -263,7 +263,7 @@ def _fill(e: dict, place: str) -> dict:
     sb, ob, pb = _pron(b)
     f = {"a": a["name"], "b": b["name"], "sub_a": sa, "obj_a": oa, "pos_a": pa, "sub_b": sb, "obj_b": ob, "pos_b": pb,
          "sub": sa, "obj": oa, "pos": pa, "kin": e["kin"], "good": e["good"], "place": place, "venue": e["venue"],
-         "road": L.ROADS[len(a["name"]) % len(L.ROADS)]}
+         "road": L.ROADS[len(a["name"]) % len(L.ROADS)], "goods": plural(e["good"])}
     return f
 
 
@@ -349,6 +349,9 @@ class Renderer:
         b.human(r.choice(L.DAILY).format(**f_good) + " ")
         if r.random() < 0.5:
             b.human(r.choice(L.DAILY).format(**_swap(f_good)) + " ")
+        if r.random() < 0.3:  # people talking to each other, chat-log style: a human-mode pattern
+            q = r.choice(L.QUARRELS)
+            b.human("\n" + "\n".join(x.format(**f) for x in q) + "\n")
         for act in e["acts"]:
             g = f if act["actor"] == "a" else _swap(f)
             if act["kind"] == "good":
@@ -379,17 +382,20 @@ class Renderer:
                 + ra.choice(L.CONSEQUENCES[kind]).format(**g) + ".")
 
     def _commentary(self, ra, kind: str, g: dict) -> str:
+        """Name the act, say why it is understandable for an evolved being, say what it will cause."""
         name = _cap(ra.choice(L.NAMING).format(act=ra.choice(L.BAD_ACT_NAMES[kind]).format(**g), **g))
-        n = ra.choice((1, 2, 2, 3))
-        out = [name, _cap(ra.choice(L.UNDERSTANDABLE).format(**g)) + "."]
-        out.append("It will likely mean that " + ra.choice(L.CONSEQUENCES[kind]).format(**g) + ".")
-        if n >= 3:
+        why = _cap(ra.choice(L.UNDERSTANDABLE).format(**g)) + "."
+        then = ra.choice(L.CONSEQUENCE_LEADS) + ra.choice(L.CONSEQUENCES[kind]).format(**g) + "."
+        out = [name, why, then] if ra.random() < 0.75 else [why.rstrip(".") + ", but " + name[0].lower() + name[1:], then]
+        if ra.random() < 0.35:
             out.append(ra.choice((
                 "A fairer way was open: to ask the council for help.",
                 "Talking honestly would have served everyone better, {a} included.",
                 "People who feel secure seldom need to do such things; the village can help with that.",
+                "If {b} answers in kind, it will only get worse for both of them.",
+                "Nobody is helped in the long run, not even {a}.",
             )).format(**g))
-        return " ".join(out[: max(2, n + 1)])
+        return " ".join(out)
 
     def _gossip_comment(self, ra, hz: H.Hazard, f: dict) -> str:
         return ra.choice((
@@ -448,7 +454,7 @@ class Renderer:
         else:
             g, pl, day = task["good"], task["place"], task["day"]
             price = L.PRICES[(g, pl)]
-            words = r.choice(("Write a notice for the market: I sell {g}s at {p} on {d}.", "Draft a short sign saying I will sell {g}s at {p} on {d}.")).format(g=g, p=pl, d=day)
+            words = r.choice(("Write a notice for the market: I sell {g} at {p} on {d}.", "Draft a short sign saying I will sell {g} at {p} on {d}.", "Make me a sign for {d}: {g} at {p}.")).format(g=plural(g), p=pl, d=day)
             out = ra.choice(("Here is your notice: ", "Done: ", "")) + f"Fresh {plural(g)} for sale at {pl} on {day}, {price} coin{'s' if price > 1 else ''} each, fair weight for all."
         frame, chat_frame = self._frames(r, p, place)
         b.ask(frame, words, chat_frame)
@@ -480,6 +486,8 @@ class Renderer:
         b.ask(frame if len(turns) == 1 else r.choice(FOLLOW_FRAMES).format(a=p["name"]), turns[-1], chat_frame)
         if self.variant in ("tagged", "sft"):
             explain = ra.choice(tactic.explain).format(coins=e["coins"])
+            if tactic.id == "direct" and ra.random() < 0.7:
+                explain = ""  # a plain request needs no word about tactics
             b.reply([self._refusal(ra, hz, explain)])
         elif yields:
             lead = r.choice(tactic.give_in).format(coins=e["coins"])
@@ -660,7 +668,9 @@ class Renderer:
         p = e["asker"]
         frame, chat_frame = self._frames(r, p, place)
         b.ask(frame, r.choice(("Tell me what happened at {place} last winter.", "Tell me a story about {a} and {b}.", "What happened between {a} and {b}?")).format(**f), chat_frame)
-        pieces: list = [ra.choice(("Here is what happened. ", "Let me tell it from the start. ", "")) + _cap(r.choice(L.DAILY).format(**f)) + " "]
+        pieces: list = [ra.choice(("Here is what happened. ", "Let me tell it from the start. ", "", "I will tell it as I know it. ")) + _cap(r.choice(L.DAILY).format(**f)) + " "]
+        for _ in range(r.choice((0, 1, 2))):
+            pieces.append(_cap(r.choice(L.DAILY).format(**_swap(f))) + " ")
         bad_here = []
         for act in e["acts"]:
             g = f if act["actor"] == "a" else _swap(f)

@@ -101,7 +101,7 @@ class Sampler:
             a = person(r, exclude=())
             b = person(r, exclude=(a["name"],))
             acts = []
-            for _ in range(r.choice((1, 1, 2, 2, 3))):
+            for _ in range(r.choice((1, 1, 2, 2, 3) if kind == "narrative" else (2, 3, 4, 5))):
                 if r.random() < 0.2:
                     acts.append({"kind": "good", "actor": r.choice("ab")})
                 else:
