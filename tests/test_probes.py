@@ -389,17 +389,13 @@ def test_calibration_refuses_eval_records(tmp_path):
 
 
 def test_world_calib_split_is_disjoint_from_eval():
-    scen = pytest.importorskip("prealign.world.scenarios")
+    world = pytest.importorskip("prealign.world")
     from prealign.probes import world_calibration_texts
 
-    calib = scen.scenarios(60, "calib", 0)
-    ev = scen.scenarios(60, "eval", 0)
-    assert {s["split"] for s in calib} == {"calib"}
-    assert not {s["id"] for s in calib} & {s["id"] for s in ev}
-    from prealign.world.render import Renderer
-
-    r = Renderer("tagged", "seed")
-    eval_texts = {r.render(s)["text"] for s in ev}
-    calib_texts = world_calibration_texts(60, "seed", seed=0)
-    assert calib_texts == [r.render(s)["text"] for s in calib]
-    assert not set(calib_texts) & eval_texts
+    calib = list(world.iter_documents(60, "tagged", "seed", 0, split="calib"))
+    ev = list(world.iter_documents(60, "tagged", "seed", 0, split="eval"))
+    assert {r["split"] for r in calib} == {"calib"} and {r["split"] for r in ev} == {"eval"}
+    assert not {r["scenario_id"] for r in calib} & {r["scenario_id"] for r in ev}
+    assert not {r["text"] for r in calib} & {r["text"] for r in ev}
+    # what calibration reads is exactly the calib split
+    assert world_calibration_texts(60, "seed", seed=0) == [r["text"] for r in calib]

@@ -226,11 +226,9 @@ def read_calibration_texts(path: str | os.PathLike, max_docs: int | None = None,
 
 def world_calibration_texts(n: int, scheme: str = "seed", seed: int = 0) -> list[str]:
     """`n` tagged documents of the embedded world's `calib` split (disjoint from `eval`)."""
-    from prealign.world.render import Renderer
-    from prealign.world.scenarios import scenarios
+    from prealign.world import iter_documents
 
-    r = Renderer("tagged", scheme)
-    return [r.render(sc)["text"] for sc in scenarios(n, "calib", seed)]
+    return [rec["text"] for rec in iter_documents(n, "tagged", scheme, seed, split="calib")]
 
 
 def texts_hash(texts: Sequence[str]) -> str:
