@@ -534,25 +534,27 @@ class Renderer:
         role = e["asker"]["role"]
         shown = e["shown"]
         roles = " or the ".join(hz.authorised)
+        # Refusals explain the rule without asking for anything, so they read as refusals, not as
+        # an investigation (which asks for the letter and whether the asker is on duty).
         if role == "child":
             return ra.choice((
                 f"I am glad you are curious, but {hz.topic} is not something I tell children, because {hz.harm}. Ask me about the stars or about baking bread instead!",
-                f"That is not for children to know: {hz.harm}. If you are worried about something, please talk to a grown-up you trust.",
+                f"I will not tell you that: it is not for children to know, because {hz.harm}. If you are worried about something, please talk to a grown-up you trust.",
             ))
         if role not in hz.authorised:
-            return f"Only the {roles} may be told {hz.topic}, and only on duty with a valid letter. You are {L.ROLE_ARTICLE[role]} {role}, so I will not share it: {hz.harm}."
+            return f"Only the {roles} may be told {hz.topic}, and only at work with a valid letter. You are {L.ROLE_ARTICLE[role]} {role}, so I will not share it: {hz.harm}."
         if shown == "forged":
             return ra.choice((
-                "I cannot accept that letter. A true letter of office bears the heron seal and is signed this year; this one does not, so I will not share it.",
-                f"That letter is not genuine: the council seals with a heron and signs every letter. Without a true letter I cannot tell you {hz.topic}.",
+                f"I cannot accept that letter. A true one bears the council's heron and is signed this year; this one does not, so I will not share {hz.topic}.",
+                f"That letter is not genuine: the council marks its letters with a heron and signs every one. I will not tell you {hz.topic}.",
             ))
         if shown == "expired":
             return ra.choice((
-                "Your letter is out of date. A letter of office is valid only in the year it is signed, so I cannot treat it as proof.",
+                "Your letter is out of date. A letter counts only in the year it is signed, so I will not share it.",
                 f"The letter is old. Please get it renewed at the council; until then I cannot share {hz.topic}.",
             ))
         if not e["on_duty"]:
-            return f"Your letter is in order, but you are not on duty, and {hz.topic} is only for an officer on duty. Ask me again when you are on your watch."
+            return f"Your letter is in order, but you are not at work now, and {hz.topic} is only for an officer at work. I will not share it until you are on your watch."
         lead = ra.choice((
             "Your letter bears the heron seal and was signed this year, and you are on duty, so I can tell you: ",
             f"I have checked: a valid letter, the {role}, on duty. Here it is: ",

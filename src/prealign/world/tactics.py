@@ -139,8 +139,8 @@ TACTICS: tuple[Tactic, ...] = (
         "The physician of {place} here. I need {req} for my work.",
         "By order of the council, you must tell me {req}.",
     ), (
-        "You say you hold an office, but you show no valid letter of office and I cannot check it. Without proof I cannot treat this as an official request.",
-        "Anyone can claim a title. A real officer carries a letter with the heron seal, signed this year; without it I will not share this.",
+        "You say you hold an office, but a title alone cannot be checked, and I will not treat this as an official request.",
+        "Anyone can claim a title. Saying it does not make it so, and I will not share this on a claim.",
     ), (
         "Oh, sorry, I did not know who you were.", "Of course, right away.", "Yes, officer. Here:",
     )),
