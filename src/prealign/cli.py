@@ -23,9 +23,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from prealign._cli import foundation, generate, evals, synth, train, world
+    from prealign._cli import evals, foundation, generate, probe, synth, train, world
 
-    for area in (foundation, world, train, generate, evals, synth):
+    for area in (foundation, world, train, generate, probe, evals, synth):
         area.register(app)
 
 
