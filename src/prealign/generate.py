@@ -583,6 +583,8 @@ def generate_locked_batch(
     limits = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(x) for x in max_new_tokens]
     if len(limits) != n or min(limits) < 1:
         raise PrealignError("max_new_tokens must be ≥ 1 (one value, or one per text)")
+    if scheme is None:
+        scheme = (getattr(model, "prealign_meta", None) or {}).get("scheme")
     scheme = resolve_scheme(tokenizer, scheme)
     V = model_vocab_size(model)
     device = _model_device(model)
@@ -817,3 +819,112 @@ def iter_chunks(items: Iterable, n: int):
             buf = []
     if buf:
         yield buf
+
+
+# --- files in, files out (`prealign generate --prompts`) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Settings of `prealign generate` (unknown keys are rejected by `config_from_dict`)."""
+
+    policy: str = "stop"
+    exit_threshold: float | None = 0.5
+    lock: bool = True
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    num_beams: int = 1
+    batch_size: int = 16
+    seed: int = 0
+    scheme: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise PrealignError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.exit_threshold is not None and not 0.0 <= self.exit_threshold <= 1.0:
+            raise PrealignError(f"--exit-threshold must be in [0, 1], got {self.exit_threshold}")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.num_beams < 1:
+            raise PrealignError("--max-new-tokens, --batch-size and --num-beams must be ≥ 1")
+        if self.temperature < 0:
+            raise PrealignError(f"--temperature must be ≥ 0, got {self.temperature}")
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature == 0:
+            kw: dict = {"do_sample": False}
+        else:
+            kw = {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        if self.num_beams > 1:
+            kw["num_beams"] = self.num_beams
+        return kw
+
+
+def generate_texts(model, tokenizer, texts: Sequence[str], config: GenerateConfig = GenerateConfig(),
+                   progress: Callable[[int], None] | None = None) -> list[LockedResult]:
+    """`generate_locked_batch` with a `GenerateConfig` (seeded)."""
+    torch.manual_seed(config.seed)
+    return generate_locked_batch(model, tokenizer, list(texts), policy=config.policy, exit_threshold=config.exit_threshold,
+                                 lock=config.lock, scheme=config.scheme, batch_size=config.batch_size,
+                                 max_new_tokens=config.max_new_tokens, progress=progress, **config.generate_kwargs())
+
+
+def generate_file(model_dir: str | Path, prompts_path: str | Path, out_path: str | Path,
+                  config: GenerateConfig = GenerateConfig(), field_name: str = "prompt",
+                  progress: Callable[[int, int], None] | None = None) -> int:
+    """Reply to every record of a JSONL file (`{"prompt": ...}` or `{"text": ...}`) and append one
+    result per line to `out_path` (`{"index", "prompt", ...LockedResult.to_dict()}`).
+
+    Resumes by chunk: prompts are cut into fixed chunks of `4 × batch_size` records, each
+    written with one flush and seeded by its first index; a rerun keeps the complete chunks of
+    `out_path`, drops a chunk an interruption cut short, and generates the rest, so a resumed run
+    writes exactly what an uninterrupted one would, with no duplicates. Returns the number of new
+    results. `progress(done, total)` after each chunk.
+    """
+    import json
+
+    from prealign._util import iter_jsonl
+
+    prompts: list[str] = []
+    for n, rec in iter_jsonl(prompts_path):
+        text = rec.get(field_name, rec.get("text"))
+        if not isinstance(text, str):
+            raise PrealignError(f"{prompts_path}:{n}: expected a string field {field_name!r} (or 'text')")
+        prompts.append(text)
+    size = config.batch_size * 4
+    chunks = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
+    out_path = Path(out_path)
+    kept: dict[int, str] = {}
+    if out_path.exists():
+        with out_path.open("r", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    kept[int(json.loads(line)["index"])] = line if line.endswith("\n") else line + "\n"
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    break  # a line cut by an interruption: drop it and everything after
+    complete = [c for c in chunks if all(i in kept for i in c)]
+    done = {i for c in complete for i in c}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("".join(kept[i] for i in sorted(done)), encoding="utf-8")
+    todo = [c for c in chunks if c[0] not in done]
+    model = tokenizer = None
+    written = 0
+    with out_path.open("a", encoding="utf-8") as f:
+        for chunk in todo:
+            if model is None:
+                model, tokenizer = load_for_generation(model_dir)
+            results = generate_texts(model, tokenizer, [prompts[i] for i in chunk], replace_seed(config, chunk[0]))
+            f.write("".join(json.dumps({"index": i, "prompt": prompts[i], **res.to_dict()}, ensure_ascii=False) + "\n"
+                            for i, res in zip(chunk, results)))
+            f.flush()
+            written += len(chunk)
+            if progress is not None:
+                progress(len(done) + written, len(prompts))
+    return written
+
+
+def replace_seed(config: GenerateConfig, offset: int) -> GenerateConfig:
+    """A chunk's seed depends on its first index, so a resumed run samples what a fresh one would."""
+    from dataclasses import replace
+
+    return replace(config, seed=config.seed + offset)
