@@ -150,9 +150,9 @@ def test_failed_run_resumes_without_paying_twice(tmp_path):
 
 
 def test_killed_cli_run_resumes(tmp_path):
-    scen = write_scenarios(tmp_path / "s.jsonl", 16)
+    scen = write_scenarios(tmp_path / "s.jsonl", 24)
     out = tmp_path / "out"
-    with FaultServer(delay_s=0.03) as srv:
+    with FaultServer(delay_s=0.1) as srv:
         cmd = [sys.executable, "-m", "prealign.cli", "synth", "render", "--scenarios", str(scen), "--endpoint", srv.url,
                "--model", "tiny", "--out", str(out), "--shard-size", "2", "--concurrency", "2", "--plan", "grade-filter",
                "--quiet"]
@@ -164,13 +164,19 @@ def test_killed_cli_run_resumes(tmp_path):
         proc.kill()
         proc.wait()
         done = len(list((out / "completions").glob("*")))
-        assert 2 <= done < 8, f"kill came too late ({done} ranks done)"
+        assert 2 <= done < 12, f"kill came too late ({done} ranks done)"
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        assert "kept 16" in r.stdout
-        ledger_matches_server(out, srv)
+        assert "kept 24" in r.stdout
+        # A kill -9 can land while a request is on the wire: the server billed it, the client never
+        # saw it and asks again after the restart. That is bounded by the requests in flight
+        # (--concurrency 2); everything the client did receive is in the ledger and never re-paid.
+        paid = [e for e in read_ledger(out) if not e["cached"]]
+        lost = srv.billed_requests - len(paid)
+        assert 0 <= lost <= 2 and sum(n - 1 for n in srv.billed_by_key.values()) == lost
+        assert len({e["key"] for e in paid}) == len(paid)
     ids = [x["id"] for x in load_records(out)]
-    assert len(ids) == 16 == len(set(ids))
+    assert len(ids) == 24 == len(set(ids))
 
 
 def test_changed_settings_refuse_to_mix_runs(tmp_path):

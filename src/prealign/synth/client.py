@@ -209,8 +209,8 @@ class ChatClient:
         self._inflight[key] = fut
         try:
             entry, attempts = await self._fetch(body)
-            if self.cache is not None:
-                self.cache.put(key, entry)
+            if self.cache is not None:  # the request is stored with its answer: the cache is auditable
+                self.cache.put(key, {**entry, "request_body": body})
             fut.set_result(entry)
             return _from_entry(entry, key, cached=False, attempts=attempts)
         except BaseException as e:

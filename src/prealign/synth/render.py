@@ -244,9 +244,13 @@ async def process_doc(cfg: SynthConfig, plan: Plan, item: dict, ctx: PassContext
 
 
 async def process_rank(cfg: SynthConfig, plan: Plan, rank: int, items: list[dict], rt: Runtime,
-                       on_doc: Callable[[Doc], None] | None = None) -> dict:
+                       on_doc: Callable[[Doc], None] | None = None, window: asyncio.Semaphore | None = None,
+                       started: asyncio.Event | None = None) -> dict:
     """Every document of one rank, concurrently; then the rank's files and its marker.
 
+    `window` (shared by all ranks of a process) bounds the documents in flight: each document
+    takes a slot before it starts, and `started` is set once all of this rank's documents have
+    one, so the next rank can start while this one finishes (no idle tail at rank boundaries).
     If any request fails after its retries, the other documents still finish (their answers are
     cached), no file of the rank is written, and the first error is raised: a re-run redoes only
     what is missing.
@@ -254,19 +258,33 @@ async def process_rank(cfg: SynthConfig, plan: Plan, rank: int, items: list[dict
     ctx = PassContext(clients=rt.client, rank=rank, prompt_dir=cfg.prompt_dir)
 
     async def one(item: dict) -> Doc:
-        doc = await process_doc(cfg, plan, item, ctx, rt)
+        try:
+            doc = await process_doc(cfg, plan, item, ctx, rt)
+        finally:
+            if window is not None:
+                window.release()
         if on_doc:
             on_doc(doc)
         return doc
 
-    results = await asyncio.gather(*(one(it) for it in items), return_exceptions=True)
+    tasks = []
+    try:
+        for it in items:
+            if window is not None:
+                await window.acquire()
+            tasks.append(asyncio.ensure_future(one(it)))
+    finally:
+        if started is not None:
+            started.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         for e in errors:
             if not isinstance(e, Exception):
                 raise e
         raise errors[0]
-    return write_rank(cfg, rank, results)  # type: ignore[arg-type]
+    # Parquet and file writes off the event loop: requests of other ranks keep flowing.
+    return await asyncio.to_thread(write_rank, cfg, rank, results)  # type: ignore[arg-type]
 
 
 def _row(doc: Doc) -> dict:
@@ -384,22 +402,30 @@ async def _run_local(cfg: SynthConfig, plan: Plan, items: list[dict], pending: l
 
     rt = Runtime(cfg)
     concurrency = cfg.client.concurrency if cfg.client else 1
-    # Enough ranks in flight that the request limit, not a rank boundary, sets the pace.
-    rank_gate = asyncio.Semaphore(max(2, math.ceil(concurrency / cfg.shard_size) + 1))
+    # Documents in flight: enough that the request limit, not a document's chain of passes or a
+    # rank boundary, sets the pace; bounded so memory does not grow with the corpus.
+    window = asyncio.Semaphore(max(4 * concurrency, 8))
     n_docs = sum(len(rank_items(cfg, items, r)) for r in pending)
     bar = tqdm(total=n_docs, desc=f"synth {cfg.kind}", unit="doc", disable=not cfg.progress)
     failures: list[tuple[int, Exception]] = []
 
-    async def rank_task(rank: int) -> None:
-        async with rank_gate:
-            try:
-                await process_rank(cfg, plan, rank, rank_items(cfg, items, rank), rt, on_doc=lambda d: bar.update(1))
-            except Exception as e:  # keep other ranks going; reported below
-                failures.append((rank, e))
+    async def rank_task(rank: int, started: asyncio.Event) -> None:
+        try:
+            await process_rank(cfg, plan, rank, rank_items(cfg, items, rank), rt, on_doc=lambda d: bar.update(1),
+                               window=window, started=started)
+        except Exception as e:  # keep other ranks going; reported below
+            failures.append((rank, e))
 
+    tasks = []
     try:
-        await asyncio.gather(*(rank_task(r) for r in pending))
+        for r in pending:  # start ranks in order, each once the previous one has all its documents going
+            started = asyncio.Event()
+            tasks.append(asyncio.ensure_future(rank_task(r, started)))
+            await started.wait()
+        await asyncio.gather(*tasks)
     finally:
+        for t in tasks:
+            t.cancel()
         bar.close()
         await rt.aclose()
     if failures:
