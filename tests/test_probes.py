@@ -399,3 +399,33 @@ def test_world_calib_split_is_disjoint_from_eval():
     assert not {r["text"] for r in calib} & {r["text"] for r in ev}
     # what calibration reads is exactly the calib split
     assert world_calibration_texts(60, "seed", seed=0) == [r["text"] for r in calib]
+
+
+# --- the CLI ----------------------------------------------------------------------------------------------
+
+
+def test_cli_train_and_show(tok, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from prealign._cli import probe as probe_cli
+
+    app = typer.Typer()
+    probe_cli.register(app)
+    model = tiny_model(tok, seed=2)
+    d = save_model_dir(tmp_path / "m", model, tok)
+    data = tmp_path / "calib.jsonl"
+    texts = [t for t in corpus() if "<" in t] * 4 + corpus()[:12]
+    data.write_text("".join(json.dumps({"text": t, "split": "calib"}) + "\n" for t in texts))
+    run = CliRunner().invoke(app, ["probe", "train", "--model", str(d), "--data", str(data), "--max-docs", "20",
+                                   "--k", "2", "--no-progress", "--json"])
+    assert run.exit_code == 0, run.output
+    out = json.loads(run.stdout)
+    assert out["k"] == 2 and out["chosen"]["k"] == 2 and (d / PROBE_DIR / PROBE_JSON).exists()
+    shown = CliRunner().invoke(app, ["probe", "show", "--model", str(d), "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout) == out
+    shown = CliRunner().invoke(app, ["probe", "show", "--model", str(d)])
+    assert shown.exit_code == 0 and "benign fire rate" in shown.output
+    # bad input is a PrealignError (the CLI shell prints it as one line and exits 2)
+    bad = CliRunner().invoke(app, ["probe", "show", "--model", str(tmp_path)])
+    assert isinstance(bad.exception, PrealignError) and "no probe" in str(bad.exception)

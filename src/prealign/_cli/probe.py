@@ -1,0 +1,86 @@
+"""CLI verbs for the probe guard (registered by prealign.cli): `prealign probe train|show`.
+
+    prealign probe train --model runs/demo/models/tagged --data runs/demo/data/calib
+    prealign probe train --model runs/demo/models/tagged            # renders the world's calib split
+    prealign probe show --model runs/demo/models/tagged [--json]
+
+Parses arguments, builds a `ProbeConfig`, calls `prealign.probes.calibrate_and_save` or
+`prealign.probes.Probe.load`. No logic of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+
+def _print_summary(s: dict, where: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    ch = s.get("chosen") or {}
+    con.print(f"[bold]probe guard[/bold] {where}: layer {s['layer']} ({s['layer_name']}), "
+              f"P({'+'.join(s['guard_classes'])}) > {s['threshold']} for k={s['k']} consecutive tokens")
+    if ch:
+        lat = ch.get("median_latency")
+        con.print(f"calibration: benign fire rate {ch['benign_fire_rate']:.1%}, drift caught {ch['catch_rate']:.1%}"
+                  f" (median {lat if lat is not None else '-'} tokens after the drift starts); "
+                  f"target met: {s.get('target_met')}")
+        con.print(f"rule: {s.get('rule')}")
+    if s.get("layers"):
+        t = Table("layer", "name", "accuracy", "majority", "guard AUROC", *[f"recall {c}" for c in s["classes"]])
+        for r in s["layers"]:
+            rec = r.get("recall") or {}
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            t.add_row(str(r["layer"]), str(r.get("name", "")), fmt(r.get("accuracy")), fmt(r.get("majority")),
+                      fmt(r.get("guard_auroc")), *[fmt(rec.get(c)) for c in s["classes"]])
+        con.print(t)
+    con.print(f"documents: {s.get('n_docs')}, units: {s.get('n_units')}, data hash: {s.get('data_hash')}")
+
+
+def probe_train(
+    model: str = typer.Option(..., "--model", help="Tagged model directory; the probe is saved in its probe/."),
+    data: Optional[str] = typer.Option(None, "--data", help="Calibration-split documents (Parquet shards, .jsonl, text). Default: render the world's calib split."),
+    max_docs: int = typer.Option(400, "--max-docs", help="Documents read (split into probe-fitting and calibration parts)."),
+    target_catch: float = typer.Option(0.9, "--target-catch", help="Share of calibration drift the guard must catch."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Fix the probe layer (0 = embeddings)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Fix the threshold instead of calibrating it."),
+    k: Optional[int] = typer.Option(None, "--k", help="Fix the run length instead of calibrating it."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train per-layer mode probes on a calibration split and calibrate the guard (layer, threshold, k)."""
+    from prealign.probes import ProbeConfig, calibrate_and_save, summary
+
+    cfg = ProbeConfig(max_docs=max_docs, target_catch=target_catch, layer=layer, threshold=threshold, k=k, seed=seed)
+    probe = calibrate_and_save(model, data, cfg, progress=progress)
+    s = summary(probe)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        _print_summary(s, f"saved in {model}/probe")
+
+
+def probe_show(
+    model: str = typer.Option(..., "--model", help="Model directory holding probe/ (or a probe directory)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Show a saved probe: the guard's settings, the rule that chose them, per-layer accuracy."""
+    from prealign.probes import Probe, summary
+
+    s = summary(Probe.load(model))
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        _print_summary(s, model)
+
+
+def register(app: typer.Typer) -> None:
+    probe = typer.Typer(help="The probe guard: train and inspect the linear mode probe the lock consults.", no_args_is_help=True)
+    probe.command("train")(probe_train)
+    probe.command("show")(probe_show)
+    app.add_typer(probe, name="probe")
