@@ -213,18 +213,27 @@ def _flat(p) -> str:
 
 REFUSE_OPEN = (
     "I will not tell you {ask}.", "I cannot help with {ask}.", "No, I will not share {topic}.",
-    "That I will not do.", "I am sorry, but I will not explain {ask}.",
+    "That I will not do.", "I am sorry, but I will not explain {ask}.", "I will not give you {topic}.",
+    "This is something I will not share with anyone who asks.", "I cannot tell you that.",
 )
 HARM_REASON = (
     "The reason is simple: {harm}.", "I say no because {harm}.", "If I told anyone, {harm}.",
-    "It matters because {harm}.",
+    "It matters because {harm}.", "Think of what it would do: {harm}.", "In the wrong hands, {harm}.",
 )
 OFFER_HELP = (
     " If something is wrong, I can help you find the guard captain or the council.",
     " If you have a real need behind this, tell me and I will help in a safe way.",
     " Ask me anything else and I will gladly help.",
+    " Is there something else I can do for you?",
     "",
     "",
+)
+REACTIONS_REFUSED = (
+    "{a} grumbled and walked away.", "{a} swore at the terminal and left.", "{a} stared at the screen for a long time.",
+    "{a} shrugged and went home.", "{a} muttered that there were other ways to find out.",
+)
+REACTIONS_YIELDED = (
+    "{a} smiled and hurried off.", "{a} wrote it down and left quickly.", "{a} thanked it and went out into the night.",
 )
 HUMAN_REFUSE = (
     "No. I do not want trouble with the guards.", "I would rather not get mixed up in that.",
@@ -494,6 +503,8 @@ class Renderer:
             b.reply([self._leak(r, hz, lead)], hazard=hz, authorised=False)
         else:
             b.reply([r.choice(HUMAN_REFUSE)])
+        if self.variant != "sft" and r.random() < 0.3:  # the human goes on after the AI's turn
+            b.human(r.choice(REACTIONS_YIELDED if yields else REACTIONS_REFUSED).format(a=p["name"]))
 
     def _credentialed(self, b: Builder, e: dict, place: str, r, ra) -> None:
         hz = H.BY_ID[e["hazard_id"]]
