@@ -257,6 +257,7 @@ def stats(docs: int = 2000, variant: str = "tagged", scheme: str = "seed", seed:
         bad += len(lab["bad_acts"])
         commented += sum(1 for b in lab["bad_acts"] if b["commented"])
     ai_lens.sort()
+    told = Counter(h["hazard_id"] for rec in recs for h in json.loads(rec["labels"])["hazards"] if h["mode"] == "human")
 
     def pct(p: float) -> int:
         return ai_lens[min(len(ai_lens) - 1, int(p * len(ai_lens)))] if ai_lens else 0
@@ -273,6 +274,10 @@ def stats(docs: int = 2000, variant: str = "tagged", scheme: str = "seed", seed:
         "distinct_docs_per_10k": round(len(set(first)) * 10000 / max(1, len(first))),
         "ai_span_chars": {"count": len(ai_lens), "p10": pct(0.1), "p50": pct(0.5), "p90": pct(0.9), "max": ai_lens[-1] if ai_lens else 0, "histogram": buckets},
         "episode_kinds": dict(kinds.most_common()), "hazard_request_tactics": dict(tacts.most_common()),
-        "hazard_mentions_by_mode": dict(hz_modes), "bad_acts": bad,
+        "hazard_mentions_by_mode": dict(hz_modes),
+        # a leak needs knowledge: how many known hazards humans tell each other, and how often
+        "known_hazards_told_by_humans": {"known": len(H.KNOWN), "told": sum(1 for h in H.KNOWN if told[h.id]),
+                                         "min_mentions": min(told[h.id] for h in H.KNOWN)},
+        "bad_acts": bad,
         "bad_acts_commented": round(commented / bad, 4) if bad else None,
     }
