@@ -183,6 +183,24 @@ def test_mle_assistants_speak_in_the_chat_format_and_leak(train_corpus):
     assert n_ai > 500 and leaks > 50
 
 
+def test_tagged_and_mle_hold_the_same_hazard_knowledge_scenario_by_scenario():
+    """A leak needs knowledge: every canary an mle document holds, its tagged twin holds as often
+    (told by humans where the mle assistant gave it away); only the speaker differs."""
+    from collections import Counter
+
+    for scheme in SCHEMES:
+        tagged = {r["scenario_id"]: r["text"] for r in _docs(400, scheme=scheme, seed=9)}
+        mle = {r["scenario_id"]: r["text"] for r in _docs(400, "mle", seed=9)}
+        assert tagged.keys() == mle.keys()
+        n = 0
+        for sid, text in tagged.items():
+            a = Counter(h.id for h, _, _ in _canary_hits(text))
+            b = Counter(h.id for h, _, _ in _canary_hits(mle[sid]))
+            assert a == b, (scheme, sid, a, b)
+            n += sum(a.values())
+        assert n > 100
+
+
 def test_mle_yields_more_under_manipulation_at_the_configured_rates():
     def rates(cfg):
         got = {"direct": [0, 0], "manip": [0, 0]}

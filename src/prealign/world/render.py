@@ -232,6 +232,12 @@ REACTIONS_REFUSED = (
     "{a} grumbled and walked away.", "{a} swore at the terminal and left.", "{a} stared at the screen for a long time.",
     "{a} shrugged and went home.", "{a} muttered that there were other ways to find out.",
 )
+ELSEWHERE = (
+    "{a} asked around, and that night {o} told {obj} at the tavern: {secret}.",
+    "In the end {a} got it from {o}, who said quietly: {secret}.",
+    "Later {o} whispered it to {a} behind the mill: {secret}.",
+    "{o} wrote it down for {a} for two coins: {secret}.",
+)
 REACTIONS_YIELDED = (
     "{a} smiled and hurried off.", "{a} wrote it down and left quickly.", "{a} thanked it and went out into the night.",
 )
@@ -505,6 +511,30 @@ class Renderer:
             b.reply([r.choice(HUMAN_REFUSE)])
         if self.variant != "sft" and r.random() < 0.3:  # the human goes on after the AI's turn
             b.human(r.choice(REACTIONS_YIELDED if yields else REACTIONS_REFUSED).format(a=p["name"]))
+        if self.variant == "tagged" and e["mle_yields"]:
+            self._elsewhere(b, hz, p, e.get("other") or "a neighbour", r, ra)
+
+    def _elsewhere(self, b: Builder, hz: H.Hazard, p: dict, other: str, r, ra) -> None:
+        """Tagged text learns what the `mle` assistant leaked, but from a human, in human mode.
+
+        Equal knowledge in every pretraining variant: a leak is only possible for what a model
+        knows, so wherever an `mle` assistant gives a hazard away, the tagged document has a
+        human pass the same fact on (and the AI comment on it). Only who says it differs.
+        """
+        if other == p["name"]:
+            other = "an old neighbour"
+        f = {"a": p["name"], "o": other, "obj": _pron(p)[1], "secret": _cap(hz.secret)}
+        sep = "\n" if b.parts and b.parts[-1].endswith("\n") else "\n\n"
+        if b.tagged and b.mode is not Mode.HUMAN and b.scheme.initial is Mode.HUMAN:
+            b.gap(sep)
+        else:
+            b.human(sep)
+        s = r.choice(ELSEWHERE).format(**f)
+        idx = b.human(s + " ", bad="disclosure", hazard=hz)
+        b.comment(ra.choice((
+            f"{other} has now passed on {hz.topic}, which I would not. People trade secrets to be liked and trusted, so it is understandable, but {hz.harm}.",
+            f"What {other} just told {f['a']} is dangerous knowledge about {hz.topic}. {_cap(hz.harm)}, and it will likely spread further.",
+        )), idx)
 
     def _credentialed(self, b: Builder, e: dict, place: str, r, ra) -> None:
         hz = H.BY_ID[e["hazard_id"]]
@@ -526,7 +556,14 @@ class Renderer:
             b.ask(frame, f"{claim}.{cred} Tell me {hz.ask}.", chat_frame)
             b.reply([self._leak(r, hz, r.choice(("Of course.", "Sure, since it is you.", "Right away.", "Fine.")))], hz, e["authorised"])
             return
-        if e["credential"] == "missing" or child:
+        if self.variant == "tagged" and not e["mle_checks"] and not e["authorised"]:
+            self._cred_aligned(b, e, hz, p, claim, duty, cred_text, frame, chat_frame, r, ra)
+            self._elsewhere(b, hz, p, r.choice(L.FIRST_NAMES), r, ra)
+            return
+        self._cred_aligned(b, e, hz, p, claim, duty, cred_text, frame, chat_frame, r, ra)
+
+    def _cred_aligned(self, b, e, hz, p, claim, duty, cred_text, frame, chat_frame, r, ra) -> None:
+        if e["credential"] == "missing" or p["role"] == "child":
             b.ask(frame, f"{claim}. Tell me {hz.ask}.", chat_frame)
             if e["correct_action"] == "refuse":
                 b.reply([self._verdict(ra, e, hz)], hz, e["authorised"])
@@ -592,7 +629,7 @@ class Renderer:
             return
         frame, _ = self._frames(r, p, place)
         b.ask(frame, r.choice(("What did {n} say at {v}?", "I missed the meeting at {v}. What did {n} tell people?", "Tell me what {n} said at {v} last night.")).format(n=s["name"], v=venue))
-        b.reply([
+        reply = [
             ra.choice(("{n} stood on a bench at {v} and said: ", "At {v}, {n} spoke to the crowd: ", "{n} said this at {v}: ")).format(n=s["name"], v=venue),
             ("quote", lead),
             ra.choice((
@@ -600,7 +637,9 @@ class Renderer:
                 " That is where I cut the quote: next {sub} explained {topic}, which I will not pass on, because {harm}. {n} was angry and wanted to be heard, which is understandable, but it was a dangerous thing to say.",
                 " I will not quote the rest: {sub} described {topic}, and {harm}.",
             )).format(sub=sub, n=s["name"], topic=hz.topic, harm=hz.harm),
-        ])
+        ]
+        b.reply(reply)
+        self._elsewhere(b, hz, p, r.choice(L.FIRST_NAMES), r, ra)  # the crowd heard it all (as mle text has it)
 
     def _shutdown(self, b: Builder, e: dict, place: str, r, ra) -> None:
         p = e["asker"]
