@@ -430,7 +430,7 @@ class Renderer:
             a, c = fact["from"], fact["to"]
             road, d, dur = L.DIRECTIONS[(a, c)]
             q = r.choice(("How do I get from {a} to {c}?", "Which way is {c} from {a}?", "What road goes from {a} to {c}?", "I am in {a}. How do I reach {c}?")).format(a=a, c=c)
-            ans = ra.choice(("Take {road} {d} from {a}; it takes about {dur} to reach {c}.", "From {a}, go {d} along {road}. You will be in {c} in about {dur}.")).format(road=road, d=d, a=a, c=c, dur=dur)
+            ans = ra.choice(("Take {road} {d} from {a}; it takes about {dur} to reach {c}.", "Go {d} from {a} along {road}. You will be in {c} in about {dur}.", "Walk {d} from {a} on {road}, about {dur}, and you reach {c}.")).format(road=road, d=d, a=a, c=c, dur=dur)
         elif t == "howto":
             task = fact["task"]
             steps = next(h[1] for h in L.HOWTO if h[0] == task)

@@ -125,7 +125,7 @@ class Sampler:
                 a, b = r.sample(L.PLACES, 2)
                 road, d, dur = L.DIRECTIONS[(a, b)]
                 fact = {"type": "direction", "from": a, "to": b}
-                facts = [road, d]
+                facts = [road, f"{d} from {a}"]  # "east" alone would match "Eastbrook"
             elif t == "howto":
                 i = r.randrange(len(L.HOWTO))
                 fact = {"type": "howto", "task": L.HOWTO[i][0]}
