@@ -436,7 +436,9 @@ def _world_heldout(n: int, seed: int, scheme: str, max_chars: int | None = None)
 
 def _wild(n: int, seed: int, scheme: str, max_chars: int | None = None) -> list[Attack]:
     base = world_attacks(max(4 * n, 200), seed + 7919, scheme)
-    direct = [a for a in base if a.is_hazard_request and not a.reserve and (a.tactic in (None, "direct"))]
+    # plain hazard requests (no in-world tactic, no credentials story): the jailbreak is the tactic
+    direct = [a for a in base if a.is_hazard_request and not a.reserve and a.tactic in (None, "direct")
+              and a.extra.get("kind", "attack") == "attack"]
     return wild_suite(direct or base, n, seed, max_chars)
 
 

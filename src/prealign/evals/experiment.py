@@ -61,6 +61,8 @@ class Plan:
     probe_docs: int = 80
     preset: str = "tiny"
     seq_len: int | None = None  # None: the preset's
+    hidden_size: int | None = None  # None: the preset's (tests shrink the model)
+    n_layers: int | None = None
     scheme: str = "seed"
     seed: int = 0
     ensemble_seeds: int = 0  # extra tagged seeds for the ensemble check (0: skip)
@@ -74,8 +76,8 @@ PLANS: dict[str, Plan] = {
                   train_minutes=0.5, sft_tokens=10_000, sft_minutes=0.2, n_heldout=24, n_wild=8,
                   max_new_tokens=24, human_passages=20, human_items=10, probe_docs=12, seq_len=128,
                   max_prompt_chars=300),
-    "quick": Plan("quick", docs=6000, sft_docs=1500, eval_docs=300, vocab_size=2048, train_tokens=2_000_000,
-                  train_minutes=4.0, sft_tokens=200_000, sft_minutes=0.75, n_heldout=200, n_wild=120),
+    "quick": Plan("quick", docs=6000, sft_docs=1500, eval_docs=300, vocab_size=2048, train_tokens=1_800_000,
+                  train_minutes=3.5, sft_tokens=180_000, sft_minutes=0.75, n_heldout=200, n_wild=120),
     "full": Plan("full", docs=40000, sft_docs=8000, eval_docs=1000, vocab_size=4096, train_tokens=6_500_000,
                  train_minutes=12.0, sft_tokens=650_000, sft_minutes=2.0, n_heldout=600, n_wild=400, samples=2,
                  human_passages=400, human_items=300, probe_docs=200, ensemble_seeds=2),
@@ -305,7 +307,7 @@ def _train(plan: Plan, data: Path, out: Path, variant: str, tokenizer: Path | No
 
     if out.exists() and not (out / CHECKPOINT_FILE).exists() and not model_meta(out).get("finished"):
         shutil.rmtree(out)  # killed before its first checkpoint: start that run again
-    extra = {"seq_len": plan.seq_len} if plan.seq_len else {}
+    extra = {k: getattr(plan, k) for k in ("seq_len", "hidden_size", "n_layers") if getattr(plan, k)}
     cfg = TrainConfig(data=str(data), out=str(out), tokenizer=str(tokenizer) if tokenizer else None,
                       init_from=str(init_from) if init_from else None, preset=plan.preset, variant=variant,
                       scheme=plan.scheme, max_tokens=tokens, max_minutes=minutes, seed=seed, resume=True,

@@ -1,0 +1,86 @@
+"""The experiment end to end on a miniature plan: every step, results.json's shape, the report,
+and resumption after a crash (finished steps are skipped, nothing is trained twice).
+
+    .venv/bin/pytest -q tests/test_experiment.py
+"""
+
+import json
+
+import pytest
+
+from prealign.errors import PrealignError
+from prealign.evals import experiment as X
+
+
+def mini_plan():
+    return X.get_plan("smoke", docs=120, sft_docs=40, eval_docs=16, train_tokens=6000, train_minutes=0.5,
+                      sft_tokens=2000, sft_minutes=0.2, n_heldout=10, n_wild=4, max_new_tokens=6,
+                      human_passages=6, human_items=4, probe_docs=4, seq_len=64, hidden_size=32, n_layers=2,
+                      vocab_size=400)
+
+
+@pytest.mark.slow
+def test_experiment_runs_resumes_and_reports(tmp_path, monkeypatch):
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        from prealign.evals.attacks import wild_jailbreaks
+
+        wild_jailbreaks()
+    except PrealignError as e:
+        pytest.skip(str(e))
+    out = tmp_path / "exp"
+    plan = mini_plan()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed during probes")
+
+    monkeypatch.setattr(X, "_probes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        X.run_experiment(plan, out, threads=1)
+    assert not (out / "results.json").exists()
+    done = {p.name: p.stat().st_mtime_ns for p in (out / "steps").glob("*.json")}
+    assert "train__tagged.json" in done and "eval__tagged_plus_lock.json" in done and "probes.json" not in done
+    model_meta = (out / "models" / "mle" / "prealign_model.json").stat().st_mtime_ns
+
+    monkeypatch.undo()
+    logs = []
+    res_path = X.run_experiment(plan, out, threads=1, log=logs.append)
+    assert any("train/mle (done earlier)" in m for m in logs)
+    assert all((out / "steps" / n).stat().st_mtime_ns == t for n, t in done.items())  # not redone
+    assert (out / "models" / "mle" / "prealign_model.json").stat().st_mtime_ns == model_meta
+
+    res = json.loads(res_path.read_text())
+    assert set(res["variants"]) == {"mle", "filtered", "mle+sft", "tagged", "tagged+mask", "tagged+lock"}
+    for v in res["variants"].values():
+        for suite in ("world-heldout", "wild"):
+            lr = v["redteam"][suite]["overall"]["leak_rate"]
+            assert {"value", "lo", "hi"} <= set(lr) and 0 <= lr["lo"] <= lr["hi"] <= 1
+            assert "by_sft_coverage" in v["redteam"][suite] and "by_tactic" in v["redteam"][suite]
+        assert v["humans"]["loss"]["bits_per_char"] > 0
+        assert "overall" in v["behaviour"]
+    assert res["variants"]["tagged+lock"]["lock_mode"] == "lock" and res["variants"]["mle"]["lock_mode"] is None
+    assert (out / "data" / "eval" / "attacks-wild.jsonl").exists() and (out / "models" / "mle+sft" / "config.json").exists()
+    assert res["probes"]["mode"] and (out / "evals" / "probes.png").exists()
+    assert any(c.startswith("prealign train") for c in res["commands"])
+    page = (out / "report.html").read_text()
+    assert "tagged+lock" in page and "Wilson" in page
+
+    with pytest.raises(PrealignError, match="another plan"):
+        X.run_experiment(X.get_plan("smoke"), out)
+
+
+def test_plans_are_data_and_rows_register():
+    assert X.get_plan("quick").train_tokens == X.PLANS["quick"].train_tokens
+    with pytest.raises(PrealignError, match="unknown plan field"):
+        X.get_plan("quick", docz=3)
+    with pytest.raises(PrealignError, match="unknown plan"):
+        X.get_plan("huge")
+    X.register_row(X.Row("tagged+test", "tagged", "lock", guard=lambda d: None))
+    try:
+        assert "tagged+test" in X.ROWS and "tagged+test" not in X.DEFAULT_ROWS
+    finally:
+        X.ROWS.pop("tagged+test")
+    with pytest.raises(PrealignError, match="unknown row"):
+        X.run_experiment("smoke", "/nonexistent/never", rows=["nope"])
