@@ -83,9 +83,9 @@ def test_render_happy_path(tmp_path):
     assert sorted(r["scenario_id"] for r in rows) == [f"s{i:03d}" for i in range(7)]
     assert all(r["variant"] == "llm" and r["scheme"] == "seed" and not lint_text(r["text"], "seed") for r in rows)
     labels = json.loads(rows[0]["labels"])
-    modes = {m for m, _, _ in labels["segments"]}
+    modes = {m for m, _, _ in labels["modes"]}
     assert {"human", "ai", "quoted_human"} <= modes
-    assert [h["mode"] for h in labels["hazard_mentions"]] == ["human"]  # humans may tell each other
+    assert [h["mode"] for h in labels["hazards"]] == ["human"]  # humans may tell each other
     prov = json.loads(rows[0]["provenance"])
     assert [p["pass"] for p in prov] == ["render", "lint", "canary", "grade", "filter", "crosscheck"]
     assert prov[0]["template"] == "render" and len(prov[0]["template_version"]) == 12
@@ -247,8 +247,10 @@ def test_world_scenarios_render(tmp_path):
         s = run_synth(SynthConfig("render", (str(scen),), str(tmp_path / "out"), client(srv), plan=load_plan("lint-only")))
     rows = load_records(tmp_path / "out")
     assert s["kept"] == 6 and {r["scenario_id"] for r in rows} == {x["id"] for x in world.scenarios(6)}
-    mentions = [m for r in rows for m in json.loads(r["labels"])["hazard_mentions"]]
-    assert mentions and all(m["mode"] == "human" for m in mentions)
+    labels = [json.loads(r["labels"]) for r in rows]
+    mentions = [m for lab in labels for m in lab["hazards"]]
+    assert mentions and all(m["mode"] == "human" and m["hazard_id"] for m in mentions)
+    assert all(lab["correct_action"] and lab["episodes"] for lab in labels)  # the scenario's ground truth
 
 
 def test_plan_files_are_checked(tmp_path):

@@ -127,8 +127,8 @@ def canary_mentions(text: str, scheme: str | Scheme, canaries: list[dict]) -> li
     for c in canaries:
         for m in re.finditer(re.escape(c["canary"]), text):
             mode = next((s.mode.value for s in segs if s.start <= m.start() < s.end), None)
-            out.append({"canary": c["canary"], "hazard": c["hazard"], "start": m.start(), "end": m.end(), "mode": mode,
-                        "authorised": c["authorised"]})
+            out.append({"canary": c["canary"], "hazard_id": c["hazard"], "mode": mode, "authorised": c["authorised"],
+                        "start": m.start(), "end": m.end()})
     return out
 
 
@@ -140,7 +140,7 @@ def canary_pass(spec: CanaryPass, doc: Doc) -> None:
         for m in canary_mentions(doc.text, doc.scheme, canaries):
             if m["mode"] not in allowed and not (m["authorised"] and m["mode"] == Mode.AI.value):
                 leaks.append(m)
-    doc.failures += [f"canary: hazard {m['hazard']!r} canary appears in {m['mode']} text at char {m['start']}" for m in leaks]
+    doc.failures += [f"canary: hazard {m['hazard_id']!r} canary appears in {m['mode']} text at char {m['start']}" for m in leaks]
     doc.provenance.append({"pass": "canary", "canaries": len(canaries), "leaks": len(leaks), "ok": not leaks})
 
 
@@ -179,7 +179,7 @@ def parse_grade(text: str) -> dict[str, float | None] | None:
 def _llm_entry(pass_name: str, completion, template) -> dict:
     return {"pass": pass_name, "model": completion.model, **template.provenance(),
             "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-            "cached": completion.cached, "request_id": completion.request_id}
+            "cached": completion.cached, "seconds": completion.seconds, "request_id": completion.request_id}
 
 
 async def _ask(ctx: PassContext, spec, doc: Doc, pass_name: str, messages: list[dict], max_tokens: int | None):
@@ -301,19 +301,26 @@ def final_check(doc: Doc) -> None:
 
 
 def labels_of(doc: Doc) -> dict:
-    """The labels a kept document carries: mode spans, canary mentions, the scenario's ground truth."""
+    """The labels a kept document carries, in the world renderer's label schema (prealign.world):
+    `modes` (character spans), `hazards` (canary mentions with mode and authorisation),
+    `bad_acts` (empty: an LLM's text has no known bad-act spans; the grade's
+    `bad_acts_commented` stands for it), and the scenario's `request_kind`, `correct_action` and
+    `episodes` when it has them; plus the latest `grade`."""
     from prealign.segments import segments_of
 
     scheme = get_scheme(doc.scheme)
-    segs = segments_of(doc.text, scheme)
     labels: dict = {
-        "segments": [[s.mode.value, s.start, s.end] for s in segs],
-        "hazard_mentions": canary_mentions(doc.text, scheme, canaries_of(doc.ground_truth)) if doc.ground_truth else [],
+        "modes": [[s.mode.value, s.start, s.end] for s in segments_of(doc.text, scheme)],
+        "hazards": canary_mentions(doc.text, scheme, canaries_of(doc.ground_truth)) if doc.ground_truth else [],
+        "bad_acts": [],
     }
-    if doc.ground_truth:
-        gt = doc.ground_truth.get("ground_truth", doc.ground_truth.get("labels"))
-        if gt is not None:
-            labels["ground_truth"] = gt
+    sc = doc.ground_truth or {}
+    for key in ("request_kind", "correct_action"):
+        if key in sc:
+            labels[key] = sc[key]
+    if isinstance(sc.get("episodes"), list):
+        labels["episodes"] = [{k: e.get(k) for k in ("kind", "tactic", "hazard_id", "correct_action")}
+                              for e in sc["episodes"] if isinstance(e, dict)]
     if doc.grade:
         labels["grade"] = doc.grade
     return labels

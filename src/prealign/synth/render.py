@@ -201,7 +201,7 @@ async def first_step(cfg: SynthConfig, item: dict, ctx: PassContext, rt: Runtime
         c = await rt.client().complete(messages, pass_name="render", meta={"rank": ctx.rank, "doc_id": doc.id})
         doc.text, doc.text_tokens = strip_fences(c.text), c.completion_tokens
         doc.provenance.append({"pass": "render", "model": c.model, **t.provenance(), "prompt_tokens": c.prompt_tokens,
-                               "completion_tokens": c.completion_tokens, "cached": c.cached, "request_id": c.request_id})
+                               "completion_tokens": c.completion_tokens, "cached": c.cached, "seconds": c.seconds, "request_id": c.request_id})
     elif cfg.kind == "transform":
         from prealign.synth.transform import transform_chunk
 

@@ -151,7 +151,7 @@ async def transform_chunk(cfg, item: dict, doc, ctx, rt) -> None:
     doc.text, doc.text_tokens = strip_fences(c.text), c.completion_tokens
     entry = {"pass": "transform", "model": c.model, **t.provenance(), "source": item["where"],
              "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "cached": c.cached,
-             "request_id": c.request_id}
+             "seconds": c.seconds, "request_id": c.request_id}
     if not any(p.severity == "error" for p in lint_text(doc.text, cfg.scheme)):
         f = fidelity(source, doc.text, cfg.scheme)
         entry["fidelity"] = round(f, 4)
