@@ -428,3 +428,22 @@ def test_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["world", "--out", str(tmp_path / "x"), "--docs", "3", "--variant", "nope"]) == 2
     assert "unknown variant" in capsys.readouterr().err
+
+
+def test_cli_config_file_and_errors(tmp_path, capsys):
+    from prealign.cli import main
+
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text("mle_leak_direct: 0.0\nmle_yield_manipulated: 0.0\nheldout_tactics: [developer]\n")
+    assert main(["world", "--list-tactics", "--config", str(cfg)]) == 0
+    assert {json.loads(x)["id"] for x in capsys.readouterr().out.splitlines() if json.loads(x)["heldout"]} == {"developer"}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"mle_leak_directt": 0.1}')
+    assert main(["world", "--stats", "--docs", "5", "--config", str(bad)]) == 2
+    assert "unknown key" in capsys.readouterr().err
+    assert main(["world", "--docs", "5"]) == 2
+    assert "--out is required" in capsys.readouterr().err
+    assert main(["world", "--out", str(tmp_path / "o"), "--docs", "5", "--split", "test"]) == 2
+    assert "unknown split" in capsys.readouterr().err
+    assert main(["world", "--out", str(tmp_path / "o"), "--docs", "0"]) == 2
+    assert main(["world", "--attacks", str(tmp_path / "a.jsonl"), "--split", "train", "--docs", "3"]) == 2
