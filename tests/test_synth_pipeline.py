@@ -274,3 +274,19 @@ def test_bad_scenarios_are_one_clear_error(tmp_path):
             run_synth(SynthConfig("render", (str(bad),), str(tmp_path / "o"), client(srv)))
     with pytest.raises(PrealignError, match="needs an LLM"):
         SynthConfig("render", (str(bad),), str(tmp_path / "o"))
+
+
+def test_cli_import_and_one_line_errors(tmp_path, capsys):
+    from prealign.cli import main
+
+    good = f"Bera haggled.\n{AI_OPEN}Bera wants a fair price for her family.{AI_CLOSE}\n"
+    src = tmp_path / "gold.txt"
+    src.write_text(good)
+    assert main(["synth", "import", "--in", str(src), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "kept 1, rejected 0" in capsys.readouterr().out
+    assert main(["synth", "render", "--scenarios", str(src), "--out", str(tmp_path / "o2"), "--endpoint",
+                 "http://127.0.0.1:9/v1", "--model", "m", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prealign: error:") and "invalid JSON" in err and len(err.strip().splitlines()) == 1
+    assert main(["synth", "render", "--scenarios", str(src), "--out", str(tmp_path / "o3"), "--endpoint", "x"]) == 2
+    assert "pass both --endpoint and --model" in capsys.readouterr().err

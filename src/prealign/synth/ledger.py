@@ -22,9 +22,9 @@ import os
 import threading
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from prealign._util import atomic_path, iter_jsonl
+from prealign._util import atomic_path
 from prealign.errors import PrealignError
 
 FIELDS = ("pass", "model", "prompt_tokens", "completion_tokens", "seconds", "cached", "request_id", "key", "rank",
@@ -156,9 +156,3 @@ def summarise(entries: Iterable[dict]) -> dict:
              ("requests", "cached", "paid_prompt_tokens", "paid_completion_tokens", "unique_requests",
               "prompt_tokens", "completion_tokens", "seconds")}
     return {"passes": dict(per_pass), "total": total}
-
-
-def iter_entries(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
-    for p in paths:
-        for _, rec in iter_jsonl(p):
-            yield rec
