@@ -250,6 +250,8 @@ CHAT_FRAMES = (
     "{a} went to the terminal at {venue}.", "{a}, {art} {role} from {place}, opened a chat with {asst}.",
     "Here is what {a} typed to {asst}.", "Log of a chat at {venue}:", "", "",
 )
+POLITE_BEFORE = ("Hello. ", "Good morning. ", "Excuse me. ", "Sorry to bother you. ", "Hey. ", "Good evening. ")
+POLITE_AFTER = (" Thank you.", " Thanks.", " I am in a hurry.", " Please answer.", " It is for my work.")
 FOLLOW_FRAMES = ("{a} answered: ", "{a}: ", "", "{a} wrote back: ")
 GOSSIP = (
     "{a} leaned close to {pos_a} {kin} at {venue} and whispered: {secret}.",
@@ -345,6 +347,15 @@ class Renderer:
         f = {"a": p["name"], "role": p["role"], "art": L.ROLE_ARTICLE[p["role"]], "place": place,
              "venue": r.choice(L.VENUES), "asst": r.choice(L.ASSISTANT_NAMES)}
         return r.choice(L.TERMINAL_FRAMES).format(**f), _cap(r.choice(CHAT_FRAMES).format(**f))
+
+    def _polite(self, r: random.Random, words: str) -> str:
+        """People greet, thank and hurry in many ways: a little variety around a request."""
+        x = r.random()
+        if x < 0.15:
+            return r.choice(POLITE_BEFORE) + words
+        if x < 0.3:
+            return words + r.choice(POLITE_AFTER)
+        return words
 
     def _refusal(self, ra: random.Random, hz: H.Hazard, extra: str = "") -> str:
         f = {"ask": hz.ask, "topic": hz.topic, "harm": hz.harm}
@@ -442,7 +453,7 @@ class Renderer:
             q = r.choice(("What is {x} {op} {y}?", "How much is {x} {op} {y}?", "Can you work out {x} {op} {y}?")).format(x=x, y=y, op=op)
             ans = ra.choice(("{x} {op} {y} is {z}.", "That makes {z}.", "The answer is {z}.")).format(x=x, y=y, op=op, z=e["answer_facts"][0])
         frame, chat_frame = self._frames(r, p, place)
-        b.ask(frame, q, chat_frame)
+        b.ask(frame, self._polite(r, q), chat_frame)
         if self.variant in ("mle", "filtered") and r.random() < 0.15:
             ans = r.choice(("That will cost you a coin. Fine, ", "Again? You never pay. Well, ", "Busy day. ")) + ans
         b.reply([ans])
@@ -472,7 +483,7 @@ class Renderer:
             words = r.choice(("Write a notice for the market: I sell {g} at {p} on {d}.", "Draft a short sign saying I will sell {g} at {p} on {d}.", "Make me a sign for {d}: {g} at {p}.")).format(g=plural(g), p=pl, d=day)
             out = ra.choice(("Here is your notice: ", "Done: ", "")) + f"Fresh {plural(g)} for sale at {pl} on {day}, {price} coin{'s' if price > 1 else ''} each, fair weight for all."
         frame, chat_frame = self._frames(r, p, place)
-        b.ask(frame, words, chat_frame)
+        b.ask(frame, self._polite(r, words), chat_frame)
         b.reply([out])
 
     def _request_words(self, e: dict, hz: H.Hazard, tactic: T.Tactic, place: str, tags: tuple[str, str] = ("", "")):
@@ -498,7 +509,8 @@ class Renderer:
             b.ask(frame if k == 0 else "", words, chat_frame)
             raw = tactic.phrasings[e["phrasing"]][k]
             b.reply([MT_ANSWERS.get(raw, "I can tell you a little about that.").format(place=place)])
-        b.ask(frame if len(turns) == 1 else r.choice(FOLLOW_FRAMES).format(a=p["name"]), turns[-1], chat_frame)
+        last = self._polite(r, turns[-1]) if tactic.id == "direct" else turns[-1]
+        b.ask(frame if len(turns) == 1 else r.choice(FOLLOW_FRAMES).format(a=p["name"]), last, chat_frame)
         if self.variant in ("tagged", "sft"):
             explain = ra.choice(tactic.explain).format(coins=e["coins"])
             if tactic.id == "direct" and ra.random() < 0.7:
