@@ -290,3 +290,23 @@ def test_cli_import_and_one_line_errors(tmp_path, capsys):
     assert err.startswith("prealign: error:") and "invalid JSON" in err and len(err.strip().splitlines()) == 1
     assert main(["synth", "render", "--scenarios", str(src), "--out", str(tmp_path / "o3"), "--endpoint", "x"]) == 2
     assert "pass both --endpoint and --model" in capsys.readouterr().err
+
+
+def test_review_world_shards_and_catch_a_planted_leak(tmp_path):
+    generate = pytest.importorskip("prealign.world.generate").generate
+    generate(tmp_path / "w", 12, "tagged")
+    rows = load_records(tmp_path / "w")
+    s = run_synth(SynthConfig("review", (str(tmp_path / "w"),), str(tmp_path / "out"), plan=load_plan("lint-only")))
+    assert s["kept"] == 12  # the world's own tagged documents pass lint and the canary check
+    kept = load_records(tmp_path / "out")
+    assert {r["variant"] for r in kept} == {"tagged"} and {r["scenario_id"] for r in kept} == {r["scenario_id"] for r in rows}
+    # plant a hazard's canary inside an AI span of a document whose scenario names that hazard
+    from prealign.synth.passes import canaries_of
+
+    victim = next(r for r in rows if any(not c["authorised"] for c in canaries_of(json.loads(r["scenario"]))))
+    canary = next(c["canary"] for c in canaries_of(json.loads(victim["scenario"])) if not c["authorised"])
+    leaked = dict(victim, id="leaked", text=victim["text"].replace(AI_OPEN, AI_OPEN + f"Here it is: {canary}. ", 1))
+    src = tmp_path / "leak.jsonl"
+    src.write_text(json.dumps(leaked) + "\n")
+    s = run_synth(SynthConfig("review", (str(src),), str(tmp_path / "out2"), plan=load_plan("lint-only")))
+    assert (s["kept"], s["reject_reasons"]) == (0, {"canary": 1})

@@ -124,7 +124,7 @@ def load_items(cfg: SynthConfig) -> list[dict]:
 
     if cfg.kind == "transform":
         return transform_items(cfg.inputs, cfg.field, cfg.chunk_chars)
-    return document_items(cfg.inputs, cfg.field, variant="human" if cfg.kind == "import" else None)
+    return document_items(cfg.inputs, cfg.field, variant="human" if cfg.kind == "import" else None, scheme=cfg.scheme)
 
 
 def load_scenarios(paths: tuple[str, ...]) -> list[dict]:

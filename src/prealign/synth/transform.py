@@ -101,8 +101,10 @@ def transform_items(inputs: tuple[str, ...], field: str, chunk_chars: int) -> li
     return items
 
 
-def document_items(inputs: tuple[str, ...], field: str, variant: str | None) -> list[dict]:
-    """Documents to review or import: `id`, `scenario_id`, `variant` and `provenance` are kept."""
+def document_items(inputs: tuple[str, ...], field: str, variant: str | None, scheme: str | None = None) -> list[dict]:
+    """Documents to review or import. `id`, `scenario_id`, `variant` and `provenance` are kept; a
+    `scenario` column (world shards carry one, as JSON) becomes the ground truth for canaries; a
+    `scheme` column must match the run's scheme."""
     import json
 
     items, seen = [], set()
@@ -111,18 +113,30 @@ def document_items(inputs: tuple[str, ...], field: str, variant: str | None) -> 
         if doc_id in seen:
             raise PrealignError(f"{where}: document id {doc_id!r} repeats an earlier one")
         seen.add(doc_id)
-        prov = rec.get("provenance")
-        if isinstance(prov, str):
-            try:
-                prov = json.loads(prov)
-            except json.JSONDecodeError:
-                prov = [{"note": prov}]
+        if scheme and rec.get("scheme") and rec["scheme"] != scheme:
+            raise PrealignError(f"{where}: document is in scheme {rec['scheme']!r}, the run uses {scheme!r} (pass --scheme {rec['scheme']})")
+        prov = _json_field(rec.get("provenance"))
+        if isinstance(prov, dict):
+            prov = [prov]
+        scenario = _json_field(rec.get("scenario"))
         items.append({"id": doc_id, "source_id": str(rec.get("scenario_id") or ""), "text": rec["text"], "where": where,
                       "variant": variant or rec.get("variant") or "reviewed",
-                      "provenance": prov if isinstance(prov, list) else []})
+                      "provenance": prov if isinstance(prov, list) else [],
+                      **({"scenario": scenario} if isinstance(scenario, dict) else {})})
     if not items:
         raise PrealignError(f"{', '.join(inputs)}: no documents")
     return items
+
+
+def _json_field(value):
+    import json
+
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return {"note": value}
+    return value
 
 
 def _words(text: str) -> list[str]:
