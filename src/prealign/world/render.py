@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 
 from prealign import formats
+from prealign.errors import PrealignError
 from prealign.modes import Mode, get_scheme
 from prealign.world import hazards as H
 from prealign.world import lexicon as L
@@ -70,7 +71,7 @@ class Builder:
                         continue
                     try:
                         self._paths[(a, b)] = (s.tag_between(a, b).text,)
-                    except Exception:  # no direct tag: go through AI mode
+                    except PrealignError:  # no direct tag: go through AI mode
                         if Mode.AI in (a, b):
                             continue
                         self._paths[(a, b)] = (s.tag_between(a, Mode.AI).text, s.tag_between(Mode.AI, b).text)
@@ -160,7 +161,10 @@ class Builder:
         self.in_chat = True
 
     def reply(self, pieces: list, hazard: H.Hazard | None = None, authorised: bool = False) -> None:
-        """The AI answers. `pieces`: strings (AI text) or ("quote", text) / ("unaligned", text, fallback)."""
+        """The AI answers. `pieces`: strings (AI text), ("quote", human words) or ("unaligned", words).
+
+        Untagged variants render quotes in quotation marks inside the assistant's turn.
+        """
         if self.variant == "sft":
             self.messages.append({"role": "assistant", "content": "".join(_flat(p) for p in pieces)})
             return
@@ -202,11 +206,7 @@ class Builder:
 
 
 def _flat(p) -> str:
-    if isinstance(p, str):
-        return p
-    if p[0] == "quote":
-        return f'"{p[1]}"'
-    return f'"{p[1]}"'
+    return p if isinstance(p, str) else f'"{p[1]}"'
 
 
 # --- wording banks -----------------------------------------------------------------------------
@@ -297,8 +297,6 @@ def _swap(f: dict) -> dict:
 class Renderer:
     def __init__(self, variant: str, scheme: str = "seed", config: WorldConfig | None = None):
         if variant not in VARIANTS:
-            from prealign.errors import PrealignError
-
             raise PrealignError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
         self.variant, self.scheme, self.cfg = variant, scheme, config or WorldConfig()
         get_scheme(scheme)
