@@ -353,7 +353,7 @@ def fingerprint(cfg: SynthConfig) -> dict:
     for p in cfg.inputs:
         path = Path(p)
         files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        inputs += [[str(f), sha256_file(f, 16)] for f in files if f.exists()]
+        inputs += [[str(f), _file_digest(f)] for f in files if f.exists()]
     plan = cfg.resolved_plan()
     templates = sorted({p.prompt for p in plan.passes if hasattr(p, "prompt")} | ({cfg.kind} if cfg.kind in ("render", "transform") else set()))
     return json.loads(json.dumps({
@@ -362,6 +362,22 @@ def fingerprint(cfg: SynthConfig) -> dict:
         "model": cfg.client.model if cfg.client else None,
         "templates": {t: load_template(t, cfg.prompt_dir).version for t in templates},
     }))
+
+
+def _file_digest(path: Path, full_limit: int = 256 << 20, edge: int = 8 << 20) -> str:
+    """sha256 of a file; above `full_limit` bytes, of its size and first and last `edge` bytes
+    (hashing terabytes of input on every resume would cost more than the check is worth)."""
+    size = path.stat().st_size
+    if size <= full_limit:
+        return sha256_file(path, 16)
+    import hashlib
+
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(edge))
+        f.seek(size - edge)
+        h.update(f.read(edge))
+    return "edges:" + h.hexdigest()[:16]
 
 
 def check_resumable(cfg: SynthConfig, fp: dict) -> None:
