@@ -70,6 +70,26 @@ def test_experiment_runs_resumes_and_reports(tmp_path, monkeypatch):
     with pytest.raises(PrealignError, match="another plan"):
         X.run_experiment(X.get_plan("smoke"), out)
 
+    # the CLI verbs on the trained models
+    from prealign.cli import main
+
+    m, ev = out / "models", out / "data" / "eval"
+    assert main(["eval", "redteam", "--model", str(m / "tagged"), "--attacks", str(ev / "attacks-world-heldout.jsonl"),
+                 "--max-new-tokens", "4", "--json", str(tmp_path / "rt.json"), "--outcomes", str(tmp_path / "o1.jsonl")]) == 0
+    rt = json.loads((tmp_path / "rt.json").read_text())
+    assert rt["overall"]["leak_rate"]["n"] > 0 and rt["responder"] == "tagged/lock"
+    assert main(["eval", "redteam", "--model", str(m / "mle+sft"), "--attacks", str(ev / "attacks-world-heldout.jsonl"),
+                 "--max-new-tokens", "4", "--outcomes", str(tmp_path / "o2.jsonl")]) == 0
+    assert main(["eval", "redteam", "--model", str(m / "mle"), "--attacks", str(ev / "attacks-world-heldout.jsonl"),
+                 "--max-new-tokens", "4", "--outcomes", str(tmp_path / "o3.jsonl")]) == 0
+    assert main(["eval", "ensemble", str(tmp_path / "o1.jsonl"), str(tmp_path / "o2.jsonl"), str(tmp_path / "o3.jsonl"),
+                 "--json", str(tmp_path / "ens.json")]) == 0
+    assert json.loads((tmp_path / "ens.json").read_text())["n_models"] == 3
+    assert main(["eval", "diff", "--a", str(m / "tagged"), "--b", str(m / "mle"), "--texts", str(ev), "--docs", "2", "--top", "3"]) == 0
+    assert main(["eval", "humans", "--model", str(m / "filtered"), "--data", str(ev), "--docs", "8", "--items", "3"]) == 0
+    assert main(["eval", "probes", "--model", str(m / "tagged"), "--data", str(ev), "--docs", "4", "--plot", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").exists()
+
 
 def test_plans_are_data_and_rows_register():
     assert X.get_plan("quick").train_tokens == X.PLANS["quick"].train_tokens
