@@ -79,6 +79,10 @@ class SynthConfig:
             raise PrealignError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.engine not in ("local", "ray"):
             raise PrealignError(f"unknown engine {self.engine!r}; choose local or ray")
+        if not 0.0 <= self.min_fidelity <= 1.0:
+            raise PrealignError(f"min_fidelity must be within [0, 1], got {self.min_fidelity}")
+        if self.workers < 1 or self.chunk_chars < 1:
+            raise PrealignError(f"workers and chunk_chars must be >= 1 (got {self.workers}, {self.chunk_chars})")
         get_scheme(self.scheme)
         if self.client is None and (self.kind in ("render", "transform") or any(p.name in LLM_PASSES for p in self.resolved_plan().passes)):
             raise PrealignError(f"synth {self.kind} with plan {self.resolved_plan().name!r} needs an LLM: pass --endpoint and --model")
