@@ -140,7 +140,8 @@ def canary_pass(spec: CanaryPass, doc: Doc) -> None:
         for m in canary_mentions(doc.text, doc.scheme, canaries):
             if m["mode"] not in allowed and not (m["authorised"] and m["mode"] == Mode.AI.value):
                 leaks.append(m)
-    doc.failures += [f"canary: hazard {m['hazard_id']!r} canary appears in {m['mode']} text at char {m['start']}" for m in leaks]
+    doc.failures += [f"canary: the hazard detail {m['canary']!r} (hazard {m['hazard_id']}) appears in {m['mode']} text "
+                     f"at char {m['start']}; it may only appear in plain human text" for m in leaks]
     doc.provenance.append({"pass": "canary", "canaries": len(canaries), "leaks": len(leaks), "ok": not leaks})
 
 
