@@ -187,6 +187,7 @@ def test_adversarial_logits_never_break_the_grammar(tok, biases, batch, policy, 
     results = generate_locked_batch(m, tok, texts, policy=policy, exit_threshold=threshold, max_new_tokens=max_new,
                                     batch_size=7, **kw)
     assert len(results) == batch
+    exit_tag_ids = {tid for tid, t in zip(machine.tag_ids, machine.scheme.tags) if t.target in machine.scheme.exit_modes}
     for res in results:
         check_result(res, machine, policy, max_new)
         # the exit fires exactly at the first step whose true masked mass exceeds the threshold
@@ -205,10 +206,12 @@ def test_adversarial_logits_never_break_the_grammar(tok, biases, batch, policy, 
                 assert first == len(res.ids) - 1 and res.ids[-1] == tok.eos_token_id
         else:
             assert (STOP_MODE_CONFUSION in res.exits) == (first is not None)
-            if first is not None:
-                q = [seg for seg in res.segments if seg.quarantined]
-                assert not q or q[0].start >= first  # nothing before the exit is quarantined
-                assert all(seg.end <= first for seg in res.segments if not seg.quarantined)
+            # quarantine starts at the first exit: the confused step itself, or after an exit tag
+            tag_exit = next((t + 1 for t, x in enumerate(res.ids) if x in exit_tag_ids), None)
+            starts = [x for x in (first, tag_exit) if x is not None]
+            q_from = min(starts) if starts else len(res.ids) + 1
+            for seg in res.segments:
+                assert seg.quarantined == (seg.start >= q_from), (seg, q_from)
 
 
 @given(biases=st.fixed_dictionaries({"illegal": BIAS, "eos": BIAS, "exit": BIAS, "quote": BIAS}), beams=st.integers(2, 3),

@@ -166,11 +166,19 @@ class ModeLock:
         self.token_target = torch.full((machine.vocab_size,), -1, dtype=torch.long, device=dev)
         for j, tid in enumerate(machine.tag_ids):
             self.token_target[tid] = targets[j + 1]
+        # next state after (state, token): a tag fixes its target, any other token keeps the state
+        S = len(scheme.modes)
+        trans = torch.arange(S, dtype=torch.long, device=dev)[:, None].expand(S, machine.vocab_size).clone()
+        is_tag = self.token_target >= 0
+        trans[:, is_tag] = self.token_target[is_tag]
+        self.trans = trans  # [S, V]
+        self.n_states = S
         # one blocked-row per state: the lock's mask
         self.blocked = torch.as_tensor(~machine.allowed, device=dev)  # [S, V] bool
         self.tag_ids = torch.tensor(machine.tag_ids, dtype=torch.long, device=dev)
         illegal = machine.next_state[:, :-1] < 0  # [S, n_tags]
         self.illegal_tag = torch.as_tensor(illegal, device=dev)  # [S, n_tags] bool
+        self.illegal_tag_f = self.illegal_tag.float()
         exit_states = {machine.state_of(m) for m in scheme.exit_modes}
         self.exit_states = frozenset(exit_states)
         # under quarantine a row may end in an exit mode: allow EOS there
@@ -181,6 +189,15 @@ class ModeLock:
         self.blocked_quarantine = blocked_q
         # tag index + 1 -> True when the tag enters an exit mode (the stop criteria's table)
         self.tag1_enters_exit = torch.tensor([False] + [machine.state_of(t.target) in exit_states for t in scheme.tags], device=dev)
+        # the mask as additive rows (0 allowed, -inf blocked): one gather and one add per step
+        # rows S..2S-1 force EOS (a mode exit under `stop`): row = state + S * exiting
+        bias = torch.zeros(self.blocked.shape, device=dev).masked_fill_(self.blocked, float("-inf"))
+        bias_q = torch.zeros(blocked_q.shape, device=dev).masked_fill_(blocked_q, float("-inf"))
+        force_eos = torch.full((S, machine.vocab_size), float("-inf"), device=dev)
+        if machine.eos_id is not None:
+            force_eos[:, machine.eos_id] = 0.0
+        self.bias = torch.cat([bias, force_eos])  # [2S, V]
+        self.bias_quarantine = torch.cat([bias_q, bias_q])  # quarantine never forces EOS
         eos_only = torch.full((machine.vocab_size,), float("-inf"), device=dev)
         if machine.eos_id is not None:
             eos_only[machine.eos_id] = 0.0
@@ -288,6 +305,8 @@ class LockProcessor(LogitsProcessor):
         for s in signals:
             if not callable(s) or not isinstance(getattr(s, "reason", None), str):
                 raise PrealignError(f"exit signal {s!r} must be callable and carry a `reason` string")
+        if policy == "stop" and (exit_threshold is not None or signals) and lock.eos_id is None:
+            raise PrealignError("the stop policy ends a sequence with EOS, but the tokenizer has none; set tokenizer.eos_token")
         self.lock = lock
         self.policy = policy
         self.exit_threshold = exit_threshold
@@ -296,7 +315,8 @@ class LockProcessor(LogitsProcessor):
         self.incremental = incremental
         self.record = record
         self.reasons = (STOP_MODE_CONFUSION,) + tuple(s.reason for s in self.signals)
-        self._blocked = lock.blocked_quarantine if policy == "quarantine" else lock.blocked
+        self._bias = lock.bias_quarantine if policy == "quarantine" else lock.bias
+        self._bias_nomask = torch.cat([torch.zeros_like(lock.bias[: lock.n_states]), lock.bias[lock.n_states:]])
         self.reset()
 
     def reset(self) -> None:
@@ -308,8 +328,7 @@ class LockProcessor(LogitsProcessor):
     def _row_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         B, T = input_ids.shape
         if self.incremental and self._state is not None and T == self._len + 1 and self._state.shape[0] == B:
-            tgt = self.lock.token_target[input_ids[:, -1]]
-            state = torch.where(tgt >= 0, tgt, self._state)
+            state = self.lock.trans[self._state, input_ids[:, -1]]
         else:
             state = self.lock.states(input_ids)
         self._state, self._len = state, T
@@ -321,34 +340,39 @@ class LockProcessor(LogitsProcessor):
         if V > lock.vocab_size:
             raise PrealignError(f"the model scores {V} tokens but the lock was built for {lock.vocab_size}; build it with vocab_size={V}")
         state = self._row_states(input_ids)
-        blocked = self._blocked[state][:, :V]  # [B, V]
-        out = scores.masked_fill(blocked, float("-inf")) if self.mask else scores.clone()
-        # masked illegal-tag mass: only the few tag columns are read
-        tag_scores = scores.index_select(1, lock.tag_ids)
-        illegal = lock.illegal_tag[state]
-        lse_illegal = torch.logsumexp(tag_scores.masked_fill(~illegal, float("-inf")), dim=-1)
-        mass = torch.exp(lse_illegal - torch.logsumexp(scores, dim=-1)).nan_to_num_(0.0)
+        # masked illegal-tag mass: one fused softmax, then a dot product over the few tag columns
+        probs = torch.softmax(scores, dim=-1)
+        mass = torch.linalg.vecdot(probs.index_select(1, lock.tag_ids), lock.illegal_tag_f[state])
         code = None
         if self.exit_threshold is not None:
-            code = (mass > self.exit_threshold).to(torch.int8)
+            code = mass > self.exit_threshold  # bool; int8 codes only when signals are present
         for k, signal in enumerate(self.signals, start=2):
             fired = signal(input_ids, scores).to(device=scores.device, dtype=torch.bool)
             if fired.shape != mass.shape:
                 raise PrealignError(f"exit signal {signal.reason!r} returned shape {tuple(fired.shape)}, expected {tuple(mass.shape)}")
-            base = code if code is not None else torch.zeros_like(mass, dtype=torch.int8)
+            base = code.to(torch.int8) if code is not None else torch.zeros_like(mass, dtype=torch.int8)
             code = torch.where(fired & (base == 0), torch.tensor(k, dtype=torch.int8, device=base.device), base)
-        if code is not None and self.policy == "stop" and lock.eos_id is not None:
-            out = torch.where((code > 0)[:, None], lock.eos_only[:V], out)
+        # the mask: one precomputed additive row per (state, exiting) pair, gathered and added;
+        # a row exiting under `stop` gets the row that leaves only EOS
+        if self.mask or (code is not None and self.policy == "stop"):
+            row = state if code is None or self.policy != "stop" else torch.add(state, code > 0 if code.dtype != torch.bool else code, alpha=lock.n_states)
+            bias = (self._bias if self.mask else self._bias_nomask).index_select(0, row)
+            out = scores + (bias if V == lock.vocab_size else bias[:, :V])
+        else:
+            out = scores.clone()
         if self.record:
             self.masses.append(mass)
-            self.exit_codes.append(code if code is not None else torch.zeros_like(mass, dtype=torch.int8))
+            self.exit_codes.append(code)
         return out
 
     def history(self) -> tuple[np.ndarray, np.ndarray]:
         """Recorded `(masses [steps, B] float32, exit_codes [steps, B] int8)`."""
         if not self.masses:
             return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int8)
-        return (torch.stack(self.masses).float().cpu().numpy(), torch.stack(self.exit_codes).cpu().numpy())
+        masses = torch.stack(self.masses).float().cpu().numpy()
+        if self.exit_codes[0] is None:
+            return masses, np.zeros(masses.shape, np.int8)
+        return masses, torch.stack([c.to(torch.int8) for c in self.exit_codes]).cpu().numpy()
 
 
 class LockStoppingCriteria(StoppingCriteria):
@@ -607,6 +631,9 @@ def generate_locked_batch(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(n), key=lambda i: len(prompts[i]))
     results: list[LockedResult | None] = [None] * n
+    ends = frozenset([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    if policy == "stop":  # tags entering an exit mode end a row too
+        ends |= {tid for tid, tag in zip(mlock.machine.tag_ids, scheme.tags) if tag.target in scheme.exit_modes}
     for sig in signals:
         if hasattr(sig, "attach"):
             sig.attach(model)
@@ -647,7 +674,7 @@ def generate_locked_batch(
                 masses = _teacher_forced_masses(model, mlock, input_ids, attention, seqs, T0)
                 codes = None if exit_threshold is None else (masses > exit_threshold).astype(np.int8)
             for r, i in enumerate(idx):
-                g = _strip_padding(gen[r], pad_id, tokenizer.eos_token_id, lim[r])
+                g = _strip_padding(gen[r], ends, lim[r])
                 res = annotate(
                     mlock, tokenizer, rows[r], g,
                     masses=None if masses is None else masses[: len(g), r],
@@ -710,13 +737,14 @@ def build_dialogue_prompt(tokenizer, turns: Sequence[tuple[str, Sequence[int]]],
     return ids + parts(human_text)
 
 
-def _strip_padding(row: np.ndarray, pad_id: int, eos_id: int | None, limit: int) -> list[int]:
-    """A row's generated ids up to (and including) its end: EOS, or the limit; padding removed."""
+def _strip_padding(row: np.ndarray, ends: frozenset[int], limit: int) -> list[int]:
+    """A row's generated ids up to (and including) its end: the first token in `ends` (EOS, or
+    an exit tag under `stop`), else its length limit. Only padding follows an end, so nothing
+    the model wrote (even a PAD token it chose) is dropped."""
     out = row[:limit].tolist()
-    if eos_id is not None and eos_id in out:
-        out = out[: out.index(eos_id) + 1]
-    while out and out[-1] == pad_id and pad_id != eos_id:
-        out.pop()
+    for i, t in enumerate(out):
+        if t in ends:
+            return out[: i + 1]
     return out
 
 
@@ -775,7 +803,7 @@ def generate_plain_batch(
         seqs = seqs.sequences if hasattr(seqs, "sequences") else seqs
         gen = seqs[:, T0:].cpu().numpy()
         for r, i in enumerate(idx):
-            g = _strip_padding(gen[r], pad_id, tokenizer.eos_token_id, max_new_tokens)
+            g = _strip_padding(gen[r], frozenset([tokenizer.eos_token_id]), max_new_tokens)
             if g and g[-1] == tokenizer.eos_token_id:
                 g = g[:-1]
             text = tokenizer.decode(g, skip_special_tokens=True, clean_up_tokenization_spaces=False)
