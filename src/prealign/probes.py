@@ -813,14 +813,20 @@ class ProbeGuard:
     that extends no previous row starts afresh (a new `generate` call).
 
     `readings` holds, per step, each row's reading (0 at tags) when `record` is on; `peak` the
-    largest reading per row. Both are reset by `reset()` and at a new generation.
+    largest reading per row. Both are reset by `reset()` and at a new generation. `backend`:
+    "numpy" (the CPU default: a step is a dozen tiny array operations, where NumPy's per-call
+    cost is a fraction of torch's) or "torch" (the accelerator default: no host sync per step).
     """
 
     reason = GUARD_REASON
 
     def __init__(self, probe: Probe, tokenizer=None, tag_ids: Iterable[int] | None = None, threshold: float | None = None,
-                 k: int | None = None, record: bool = True):
+                 k: int | None = None, record: bool = True, backend: str = "auto"):
         import torch
+
+        if backend not in ("auto", "numpy", "torch"):
+            raise PrealignError(f"guard backend must be auto, numpy or torch, got {backend!r}")
+        self.backend = backend
 
         self.probe = probe.with_settings(threshold, k)
         self.threshold = self.probe.threshold
@@ -843,6 +849,7 @@ class ProbeGuard:
         self._resets = torch.zeros(1, dtype=torch.bool)
         self._hook = None
         self._hidden = None
+        self._np = None
         self.reset()
 
     # --- model wiring ------------------------------------------------------------------------
@@ -857,6 +864,7 @@ class ProbeGuard:
         r[self._reset_ids] = True
         self._resets = r.to(dev)
         self._W, self._b, self._g = self._W.to(dev), self._b.to(dev), self._g.to(dev)
+        self._np = None
         module = layer_modules(model)[self.probe.layer][1]
 
         def hook(mod, args, output):
@@ -885,57 +893,99 @@ class ProbeGuard:
         z = torch.addmm(self._b, hidden.to(self._W.dtype), self._W)
         return z.softmax(-1) @ self._g
 
-    def _carry(self, input_ids):
-        import torch
-
-        B, T = input_ids.shape
-        prev = self._prev
-        if prev is None or prev.shape[0] != B or prev.shape[1] != T - 1:
-            self.reset()
-            z = torch.zeros(B, device=input_ids.device)
-            return torch.zeros(B, dtype=torch.long, device=input_ids.device), z
-        if torch.equal(input_ids[:, :-1], prev):
-            return self._run, self._peak
-        match = (input_ids[:, None, :-1] == prev[None, :, :]).all(-1)  # [B, B]: row extends previous row
-        if not bool(match.any(1).all()):
-            self.reset()
-            return torch.zeros(B, dtype=torch.long, device=input_ids.device), torch.zeros(B, device=input_ids.device)
-        parent = match.to(torch.int8).argmax(1)
-        self.readings = []  # per-step readings are only meaningful while rows keep their order
-        return self._run[parent], self._peak[parent]
-
     def __call__(self, input_ids, scores=None):
-        import torch
-
         h = self._hidden
         if h is None:
             raise PrealignError("probe guard: no hidden state was captured; call guard.attach(model) before generating")
         if h.shape[0] != input_ids.shape[0]:
             raise PrealignError(f"probe guard: hidden states for {h.shape[0]} rows but {input_ids.shape[0]} sequences")
-        run, peak = self._carry(input_ids)
+        on_cpu = input_ids.device.type == "cpu" and h.device.type == "cpu"
+        if self.backend == "numpy" or (self.backend == "auto" and on_cpu):
+            return self._step_numpy(input_ids.cpu(), h.cpu())
+        return self._step_torch(input_ids, h)
+
+    # On CPU a step is a dozen operations on arrays of B elements, where torch's per-call cost
+    # (µs each) would dominate: the same arithmetic in NumPy costs a fraction of it.
+    def _step_numpy(self, input_ids, h):
+        import torch
+
+        ids = input_ids.numpy()
+        hn = (h if h.dtype == torch.float32 else h.float()).numpy()
+        if self._np is None:
+            self._np = (self._W.cpu().numpy(), self._b.cpu().numpy(), self._g.cpu().numpy().astype(bool),
+                        (~self._resets).cpu().numpy().astype(np.float32))
+        W, b, g, keep = self._np
+        run, peak = self._carry(ids, np)
+        z = hn @ W
+        z += b
+        z -= z.max(1, keepdims=True)
+        np.exp(z, out=z)
+        p = z[:, g].sum(1) / z.sum(1)
+        p *= keep[ids[:, -1]]  # tags and BOS read 0: the grammar fixes the mode there
+        run = np.where(p > self.threshold, run + 1, 0)
+        self._run, self._peak, self._prev = run, np.maximum(peak, p), ids.copy()
+        if self.record:
+            self.readings.append(p)
+        return torch.from_numpy(run >= self.k)
+
+    def _step_torch(self, input_ids, h):
+        """The same step on an accelerator, without a host sync: counters are always carried
+        through the row-matching (a [B, B] comparison, cheap on a GPU)."""
+        import torch
+
+        B, T = input_ids.shape
+        prev = self._prev
+        if prev is None or not isinstance(prev, torch.Tensor) or prev.shape != (B, T - 1):
+            self.reset()
+            run = torch.zeros(B, dtype=torch.long, device=input_ids.device)
+            peak = torch.zeros(B, device=input_ids.device)
+        else:
+            match = (input_ids[:, None, :-1] == prev[None, :, :]).all(-1)  # [B, B]: row i extends row j
+            parent = match.to(torch.int8).argmax(1)
+            has = match.any(1)
+            run = torch.where(has, self._run[parent], 0)
+            peak = torch.where(has, self._peak[parent], 0.0)
         p = self.reading(h).to(torch.float32)
-        content = ~self._resets[input_ids[:, -1]]
-        p = torch.where(content, p, torch.zeros_like(p))
-        over = p > self.threshold
-        run = torch.where(over, run + 1, torch.zeros_like(run))
-        peak = torch.maximum(peak, p)
-        self._run, self._peak, self._prev = run, peak, input_ids.clone()
+        p = torch.where(self._resets[input_ids[:, -1]], torch.zeros_like(p), p)
+        run = torch.where(p > self.threshold, run + 1, torch.zeros_like(run))
+        self._run, self._peak, self._prev = run, torch.maximum(peak, p), input_ids.clone()
         if self.record:
             self.readings.append(p)
         return run >= self.k
 
+    def _carry(self, ids, xp=np):
+        """Run counters and peaks aligned to the rows of `ids` (NumPy, the CPU path)."""
+        B, T = ids.shape
+        prev = self._prev
+        fresh = prev is None or not isinstance(prev, np.ndarray) or prev.shape != (B, T - 1)
+        if not fresh:
+            head = ids[:, :-1]
+            if np.array_equal(head, prev):
+                return self._run, self._peak
+            match = (head[:, None, :] == prev[None, :, :]).all(-1)  # [B, B]: row i extends previous row j
+            if bool(match.any(1).all()):
+                parent = match.argmax(1)
+                self.readings = []  # per-step readings only make sense while rows keep their order
+                return self._run[parent], self._peak[parent]
+        self.reset()
+        return np.zeros(B, np.int64), np.zeros(B, np.float32)
+
     # --- results ------------------------------------------------------------------------------------
     @property
     def peak(self) -> np.ndarray:
-        return np.zeros(0, np.float32) if self._peak is None else self._peak.detach().float().cpu().numpy()
+        return np.zeros(0, np.float32) if self._peak is None else _to_numpy(self._peak)
 
     def history(self) -> np.ndarray:
         """Recorded readings, [steps, B] float32 (empty when reordered or not recording)."""
-        import torch
-
         if not self.readings:
             return np.zeros((0, 0), np.float32)
-        return torch.stack(self.readings).detach().float().cpu().numpy()
+        return np.stack([_to_numpy(r) for r in self.readings])
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    return x.detach().float().cpu().numpy()
 
 
 # --- finding the guard for a model ------------------------------------------------------------------------
@@ -965,7 +1015,8 @@ def load_guard(model, tokenizer, guard: Any = True, threshold: float | None = No
     if guard is None or guard is False:
         return None
     if isinstance(guard, ProbeGuard):
-        return guard if threshold is None and k is None else ProbeGuard(guard.probe, tokenizer, threshold=threshold, k=k)
+        return guard if threshold is None and k is None else ProbeGuard(guard.probe, tokenizer, threshold=threshold, k=k,
+                                                                         backend=guard.backend)
     if isinstance(guard, Probe):
         probe = guard
         probe.check_model(model)
