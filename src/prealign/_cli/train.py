@@ -41,7 +41,7 @@ def train_command(
     log_every: int = typer.Option(10, "--log-every", help="Steps between metrics lines."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between checkpoints."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on CUDA only)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
