@@ -18,28 +18,29 @@ from prealign.errors import PrealignError, require_extra
 
 
 class _RankWorker:
-    """A Ray actor: builds the config and the item list once, then processes ranks."""
+    """A Ray actor: builds the config once, then processes the ranks it is given (each row holds
+    its rank's items, so a worker never loads the whole input)."""
 
     def __init__(self, config: dict):
-        from prealign.synth.render import config_from_mapping, load_items
+        from prealign.synth.render import config_from_mapping
 
         self.cfg = config_from_mapping(config)
         self.plan = self.cfg.resolved_plan()
-        self.items = load_items(self.cfg)
 
     def __call__(self, batch: dict) -> dict:
         import asyncio
+        import json
 
-        from prealign.synth.render import Runtime, process_rank, rank_items
+        from prealign.synth.render import Runtime, process_rank
 
         kept = []
-        for rank in batch["rank"]:
-            rank = int(rank)
+        for rank, items_json in zip(batch["rank"], batch["items"]):
+            rank, items = int(rank), json.loads(items_json)
 
             async def go() -> dict:
                 rt = Runtime(self.cfg)
                 try:
-                    return await process_rank(self.cfg, self.plan, rank, rank_items(self.cfg, self.items, rank), rt)
+                    return await process_rank(self.cfg, self.plan, rank, items, rt)
                 finally:
                     await rt.aclose()
 
@@ -47,8 +48,9 @@ class _RankWorker:
         return {"rank": list(batch["rank"]), "kept": kept}
 
 
-def run_ranks_ray(cfg, pending: list[int]) -> list[dict]:
-    """Process `pending` ranks on Ray (a local instance unless `cfg.ray_address` names a cluster)."""
+def run_ranks_ray(cfg, pending: list[int], items: list[dict]) -> list[dict]:
+    """Process `pending` ranks of `items` on Ray (a local instance unless `cfg.ray_address` names
+    a cluster)."""
     if not pending:
         return []
     ray = require_extra("ray", "ray")
@@ -65,7 +67,12 @@ def run_ranks_ray(cfg, pending: list[int]) -> list[dict]:
         ray.init(**kwargs)
         started = True
     try:
-        ds = ray.data.from_items([{"rank": r} for r in pending], override_num_blocks=len(pending))
+        import json
+
+        from prealign.synth.render import rank_items
+
+        rows = [{"rank": r, "items": json.dumps(rank_items(cfg, items, r), ensure_ascii=False)} for r in pending]
+        ds = ray.data.from_items(rows, override_num_blocks=len(pending))
         out = ds.map_batches(_RankWorker, fn_constructor_kwargs={"config": config_to_mapping(cfg)},
                              batch_size=1, concurrency=max(1, min(cfg.workers, len(pending))), num_cpus=1)
         try:

@@ -411,7 +411,7 @@ def run_synth(cfg: SynthConfig) -> dict:
     if cfg.engine == "ray":
         from prealign.synth.ray_runner import run_ranks_ray
 
-        run_ranks_ray(cfg, pending)
+        run_ranks_ray(cfg, pending, items)
     else:
         asyncio.run(_run_local(cfg, plan, items, pending))
     return finish_run(cfg, total, len(items))
