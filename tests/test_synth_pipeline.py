@@ -310,3 +310,21 @@ def test_review_world_shards_and_catch_a_planted_leak(tmp_path):
     src.write_text(json.dumps(leaked) + "\n")
     s = run_synth(SynthConfig("review", (str(src),), str(tmp_path / "out2"), plan=load_plan("lint-only")))
     assert (s["kept"], s["reject_reasons"]) == (0, {"canary": 1})
+
+
+def test_an_edit_that_rewrites_the_source_is_rejected(tmp_path):
+    from fault_server import default_responder
+
+    def responder(body: dict) -> str:
+        system = body["messages"][0]["content"]
+        if "Task: transform" in system:
+            return default_responder(body).replace(AI_CLOSE, " mediocre" + AI_CLOSE)  # graded 2: edit it
+        if "Task: edit" in system:
+            return f"A different story.\n{AI_OPEN}Fine commentary.{AI_CLOSE}\n"  # the human text is gone
+        return default_responder(body)
+
+    src = tmp_path / "t.txt"
+    src.write_text("Old Bera sold the cow twice to two buyers and kept both purses.\n")
+    with FaultServer(responder=responder) as srv:
+        s = run_synth(SynthConfig("transform", (str(src),), str(tmp_path / "out"), client(srv), plan=load_plan("default")))
+    assert s["kept"] == 0 and s["reject_reasons"] == {"final check:fidelity": 1}

@@ -41,6 +41,8 @@ class Doc:
     text_tokens: int = 0  # tokens of the text as the writing model counted them
     status: str = "pending"
     escalation: str = ""
+    source_text: str | None = None  # transform: the (neutralised) human text that must survive edits
+    min_fidelity: float = 0.0
 
 
 @dataclass
@@ -299,6 +301,12 @@ def final_check(doc: Doc) -> None:
     errors = [p for p in lint_text(doc.text, doc.scheme) if p.severity == "error"]
     if errors:
         doc.failures.append(f"final lint: {errors[0].message} [{errors[0].code}]")
+    elif doc.source_text is not None:  # an edit must not have rewritten the human source text
+        from prealign.synth.transform import fidelity
+
+        f = fidelity(doc.source_text, doc.text, doc.scheme)
+        if f < doc.min_fidelity:
+            doc.failures.append(f"final check: only {f:.0%} of the source's words kept as human text [fidelity]")
 
 
 def labels_of(doc: Doc) -> dict:

@@ -163,6 +163,7 @@ async def transform_chunk(cfg, item: dict, doc, ctx, rt) -> None:
     messages = t.messages(cfg.scheme, text=fence(source))
     c = await rt.client().complete(messages, pass_name="transform", meta={"rank": ctx.rank, "doc_id": doc.id})
     doc.text, doc.text_tokens = strip_fences(c.text), c.completion_tokens
+    doc.source_text, doc.min_fidelity = source, cfg.min_fidelity
     entry = {"pass": "transform", "model": c.model, **t.provenance(), "source": item["where"],
              "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "cached": c.cached,
              "seconds": c.seconds, "request_id": c.request_id}
