@@ -396,7 +396,14 @@ class LintSummary:
 def lint_paths(paths: Iterable[str | os.PathLike], scheme: str | Scheme = "seed", field: str = "text") -> Iterator[tuple[str, Problem]]:
     """Problems of every file under `paths` (directories are searched for .parquet/.jsonl/.txt)."""
     for p in map(Path, paths):
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".parquet", ".jsonl", ".txt")) if p.is_dir() else [p]
+        if p.is_dir():
+            # A run directory holds shards beside ledgers and queues: lint the shards when there
+            # are any, else every corpus-like file.
+            files = sorted(p.rglob("part-*.parquet")) or sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".parquet", ".jsonl", ".txt")
+            )
+        else:
+            files = [p]
         if p.is_dir() and not files:
             raise PrealignError(f"{p}: no .parquet, .jsonl or .txt files to lint")
         for f in files:
