@@ -624,6 +624,8 @@ def generate_locked_batch(
         prompts = [build_prompt(tokenizer, t, scheme, bos=bos) for t in human_texts]
     signals = _signals(guard) if lock else ()
     num_beams = int(generate_kwargs.get("num_beams", 1) or 1)
+    if int(generate_kwargs.get("num_return_sequences", 1) or 1) != 1:
+        raise PrealignError("num_return_sequences must be 1; repeat a text in human_texts to sample it several times")
     if num_beams > 1 and (signals or policy == "quarantine"):
         raise PrealignError("beam search supports the lock with policy 'stop' and no guard; use sampling or greedy for the rest")
     user_procs = list(generate_kwargs.pop("logits_processor", None) or [])
