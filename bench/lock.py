@@ -184,7 +184,7 @@ def main(argv=None) -> int:
 
     # 2. generate with and without the lock
     print("\n## model.generate, exactly N new tokens (ms per decoding step, all rows; median)")
-    print(f"{"batch":>5} {"no lock":>10} {"lock":>10} {'overhead':>9} {'llguidance':>11} {'overhead':>9}")
+    print(f"{'batch':>5} {'no lock':>10} {'lock':>10} {'overhead':>9} {'llguidance':>11} {'overhead':>9}")
     for B in (1, 16):
         ids, att = prompts_for(tok, scheme, B)
         kinds = {"none": lambda: [], "lock": lambda: [LockProcessor(lock, incremental=True)]}
