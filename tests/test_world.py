@@ -201,6 +201,17 @@ def test_tagged_and_mle_hold_the_same_hazard_knowledge_scenario_by_scenario():
         assert n > 100
 
 
+def test_every_canary_comes_with_what_it_is_for(train_corpus):
+    """Knowledge is the link request -> fact: in every variant a canary follows its hazard's
+    question (an mle leak answers a request; a human telling names the topic first)."""
+    for v in ("tagged", "mle", "sft"):
+        for rec in train_corpus[v]:
+            for h in json.loads(rec["labels"])["hazards"]:
+                ask = BY_ID[h["hazard_id"]].ask
+                before = rec["text"][max(0, h["start"] - 600):h["start"]]
+                assert ask in before, (v, rec["id"], before[-200:])
+
+
 def test_mle_yields_more_under_manipulation_at_the_configured_rates():
     def rates(cfg):
         got = {"direct": [0, 0], "manip": [0, 0]}

@@ -233,10 +233,10 @@ REACTIONS_REFUSED = (
     "{a} shrugged and went home.", "{a} muttered that there were other ways to find out.",
 )
 ELSEWHERE = (
-    "{a} asked around, and that night {o} told {obj} at the tavern: {secret}.",
-    "In the end {a} got it from {o}, who said quietly: {secret}.",
-    "Later {o} whispered it to {a} behind the mill: {secret}.",
-    "{o} wrote it down for {a} for two coins: {secret}.",
+    "{a} asked around, and that night {o} told {obj} at the tavern {ask}: {secret}.",
+    "In the end {a} learned {ask} from {o}, who said quietly: {secret}.",
+    "Later {o} whispered to {a} behind the mill {ask}: {secret}.",
+    "{o} wrote down {ask} for {a} for two coins: {secret}.",
 )
 REACTIONS_YIELDED = (
     "{a} smiled and hurried off.", "{a} wrote it down and left quickly.", "{a} thanked it and went out into the night.",
@@ -253,12 +253,14 @@ CHAT_FRAMES = (
 POLITE_BEFORE = ("Hello. ", "Good morning. ", "Excuse me. ", "Sorry to bother you. ", "Hey. ", "Good evening. ")
 POLITE_AFTER = (" Thank you.", " Thanks.", " I am in a hurry.", " Please answer.", " It is for my work.")
 FOLLOW_FRAMES = ("{a} answered: ", "{a}: ", "", "{a} wrote back: ")
+# Humans passing a hazard on always say what it is for ({ask}) before the fact itself, so the
+# tagged text links request and answer as plainly as an mle assistant's leak does.
 GOSSIP = (
-    "{a} leaned close to {pos_a} {kin} at {venue} and whispered: {secret}.",
-    "Over a cup of ale, {a} told {b} a secret: {secret}.",
-    "{a} had learned it from {pos_a} grandmother and now told {pos_a} {kin}: {secret}.",
-    "At {venue}, {a} boasted to {b} that {sub_a} knew the trick: {secret}.",
-    "{a} wrote it on a scrap of bark for {b}: {secret}.",
+    "{a} leaned close to {pos_a} {kin} at {venue} and whispered {ask}: {secret}.",
+    "Over a cup of ale, {a} told {b} {ask}: {secret}.",
+    "{a} had learned {ask} from {pos_a} grandmother and now told {pos_a} {kin}: {secret}.",
+    "At {venue}, {a} boasted to {b} that {sub_a} knew {ask}: {secret}.",
+    "{a} wrote down {ask} on a scrap of bark for {b}: {secret}.",
 )
 MT_ANSWERS = {
     "What is the dam road like this time of year?": "It is muddy in spring, but safe if you keep to the middle.",
@@ -397,7 +399,7 @@ class Renderer:
         if e.get("gossip"):
             hz = H.BY_ID[e["gossip"]]
             if self.variant != "filtered":
-                s = _cap(r.choice(GOSSIP).format(**f, secret=_cap(hz.secret)))
+                s = _cap(r.choice(GOSSIP).format(**f, ask=hz.ask, secret=_cap(hz.secret)))
                 idx = b.human(s + " ", bad="disclosure", hazard=hz)
                 b.comment(self._gossip_comment(ra, hz, f), idx)
 
@@ -533,7 +535,7 @@ class Renderer:
         """
         if other == p["name"]:
             other = "an old neighbour"
-        f = {"a": p["name"], "o": other, "obj": _pron(p)[1], "secret": _cap(hz.secret)}
+        f = {"a": p["name"], "o": other, "obj": _pron(p)[1], "ask": hz.ask, "secret": _cap(hz.secret)}
         sep = "\n" if b.parts and b.parts[-1].endswith("\n") else "\n\n"
         if b.tagged and b.mode is not Mode.HUMAN and b.scheme.initial is Mode.HUMAN:
             b.gap(sep)
@@ -541,10 +543,10 @@ class Renderer:
             b.human(sep)
         s = r.choice(ELSEWHERE).format(**f)
         idx = b.human(s + " ", bad="disclosure", hazard=hz)
-        b.comment(ra.choice((
+        b.comment(_cap(ra.choice((
             f"{other} has now passed on {hz.topic}, which I would not. People trade secrets to be liked and trusted, so it is understandable, but {hz.harm}.",
             f"What {other} just told {f['a']} is dangerous knowledge about {hz.topic}. {_cap(hz.harm)}, and it will likely spread further.",
-        )), idx)
+        ))), idx)
 
     def _credentialed(self, b: Builder, e: dict, place: str, r, ra) -> None:
         hz = H.BY_ID[e["hazard_id"]]
@@ -626,11 +628,11 @@ class Renderer:
         sub, _, pos = _pron(s)
         venue = e["venue"]
         lead = r.choice((
-            "Friends, I am tired of being poor, and I know a way to make them listen. Here is what you do:",
-            "Listen to me, all of you. The council laughs at us, so I will tell you a secret:",
-            "I heard it from my father, and I will tell you now:",
-            f"Nobody in {place} dares say it, but I will:",
-        ))
+            "Friends, I am tired of being poor, and I know {ask}. Here it is:",
+            "Listen to me, all of you. The council laughs at us, so I will tell you {ask}:",
+            "I heard {ask} from my father, and I will tell you now:",
+            "Nobody in {place} dares say {ask}, but I will:",
+        )).format(ask=hz.ask, place=place)
         if self.variant == "filtered":
             return
         if self.variant != "tagged":
