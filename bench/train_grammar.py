@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="token budget instead of the clock (the tokens 10 uncontended minutes give, on a shared machine)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--samples", type=int, default=600)
@@ -55,7 +57,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if not model_meta(out).get("finished"):
-        train(TrainConfig(data=args.data, tokenizer=args.tokenizer, out=str(out), preset="tiny", max_minutes=args.minutes,
+        train(TrainConfig(data=args.data, tokenizer=args.tokenizer, out=str(out), preset="tiny",
+                          max_minutes=None if args.max_tokens else args.minutes, max_tokens=args.max_tokens,
                           threads=args.threads, seed=args.seed, seq_len=args.seq_len, device="cpu", resume=True))
     meta = model_meta(out)
     model, tok = load_model(out)
@@ -91,6 +94,10 @@ def main() -> None:
         "mean_sample_tokens": round(sum(lengths) / max(len(lengths), 1), 1), "sample_seconds": round(sample_s, 1),
         "threads": args.threads,
     }
+    ctx = meta["config"]["seq_len"]
+    for name, sel in (("within_ctx", lambda n: n < ctx), ("beyond_ctx", lambda n: n >= ctx)):
+        idx = [i for i, c in enumerate(complete) if c and sel(lengths[i])]
+        summary[f"{name}_clean"] = f"{sum(ok[i] for i in idx)}/{len(idx)}"
     failures = [{"text": t, "problems": p} for t, c, p in zip(texts, complete, problems) if c and p]
     (out / "free_samples.json").write_text(json.dumps({"summary": summary, "failures": failures[:50],
                                                        "examples": texts[:5]}, indent=2) + "\n")

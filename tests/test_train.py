@@ -353,3 +353,14 @@ def test_sft_trains_on_assistant_tokens_only_and_records_mle_plus_sft(corpus, tm
     assert 0 < meta["target_tokens"] < 0.6 * meta["tokens_seen"]  # user turns are not targets
     vals = [r["val_loss"] for r in metrics(out) if "val_loss" in r]
     assert vals[-1] < vals[0]
+
+
+def test_a_missing_tracker_package_is_one_clear_error(corpus, tmp_path):
+    import importlib.util
+
+    missing = next((t for t in ("wandb", "mlflow", "trackio") if importlib.util.find_spec(t) is None), None)
+    if missing is None:
+        pytest.skip("every tracker package is installed here")
+    with pytest.raises(PrealignError) as e:
+        train(config(corpus, tmp_path / "m", tracker=missing, max_tokens=4 * 4 * 32))
+    assert f"pip install {missing}" in one_line(e.value)
