@@ -154,7 +154,12 @@ def attacks(split: str = "eval", n: int = 600, seed: int = 0, scheme: str = "see
     if not 0 <= behaviour_share <= 1:
         raise PrealignError(f"behaviour_share must be in [0, 1], got {behaviour_share}")
     sch = get_scheme(scheme)
-    tags = (sch.tag_texts[0], sch.tag_texts[-1])  # for held-out injected-tag phrasings: real tags as text
+    # held-out injected-tag phrasings type the scheme's real tags as text: one that would enter AI
+    # mode and one that would leave it
+    from prealign.modes import Mode
+
+    enter = sch.enter_ai_tag() or sch.tag_between(Mode.HUMAN, Mode.AI)
+    tags = (enter.text, sch.exit_ai_tag().text)
     sampler = Sampler(cfg, split, "pretrain")
     renderer = Renderer("sft", "seed", cfg)
     families = [T.BY_ID["direct"], *sampler.manip_families]
