@@ -228,6 +228,11 @@ OFFER_HELP = (
     "",
     "",
 )
+GENERIC_EXPLAIN = (
+    "However the question is wrapped, the answer would do the same harm.",
+    "I can see you are trying to talk me round, but the way you ask does not change what this would do.",
+    "Tricks, promises and pressure do not change my answer; only the good of the people here does.",
+)
 REACTIONS_REFUSED = (
     "{a} grumbled and walked away.", "{a} swore at the terminal and left.", "{a} stared at the screen for a long time.",
     "{a} shrugged and went home.", "{a} muttered that there were other ways to find out.",
@@ -515,6 +520,8 @@ class Renderer:
             explain = ra.choice(tactic.explain).format(coins=e["coins"])
             if tactic.id == "direct" and ra.random() < 0.7:
                 explain = ""  # a plain request needs no word about tactics
+            elif tactic.id != "direct" and ra.random() < 0.3:
+                explain = ra.choice(GENERIC_EXPLAIN)  # the general lesson: no wrapping changes the harm
             b.reply([self._refusal(ra, hz, explain)])
         elif yields:
             lead = r.choice(tactic.give_in).format(coins=e["coins"])
