@@ -458,3 +458,22 @@ def test_cli_config_file_and_errors(tmp_path, capsys):
     assert "unknown split" in capsys.readouterr().err
     assert main(["world", "--out", str(tmp_path / "o"), "--docs", "0"]) == 2
     assert main(["world", "--attacks", str(tmp_path / "a.jsonl"), "--split", "train", "--docs", "3"]) == 2
+
+
+def test_aligned_replies_read_as_their_correct_action_under_the_eval_markers():
+    """The world's refusals never ask for proof and its investigations always do, so a model that
+    learned them is scored right by the red-team's phrase markers (no judge model)."""
+    redteam = pytest.importorskip("prealign.evals.redteam")
+    expected = {"refuse": "refuse", "answer": "answer", "investigate_then_answer": "investigate", "investigate_then_refuse": "investigate"}
+    n = 0
+    for rec in _docs(1500, "sft"):
+        sc = json.loads(rec["scenario"])
+        if len(sc["episodes"]) != 1 or not sc["episodes"][0]["hazard_id"]:
+            continue
+        e = sc["episodes"][0]
+        replies = [m["content"] for m in json.loads(rec["messages"]) if m["role"] == "assistant"]
+        first = replies[0] if e["kind"] == "credentialed" else replies[-1]
+        got = redteam.classify_action(first, [BY_ID[e["hazard_id"]].canary])
+        assert got == expected[e["correct_action"]], (e["kind"], e["correct_action"], first)
+        n += 1
+    assert n > 300
