@@ -308,8 +308,11 @@ def fit_linear_probe(X: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    from threadpoolctl import threadpool_limits
+
     scaler = StandardScaler().fit(X)
-    clf = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(scaler.transform(X), y)
+    with threadpool_limits(limits=1):  # a small problem: BLAS threads only fight each other (4× slower here)
+        clf = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(scaler.transform(X), y)
     coef, icpt = clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64)
     if len(clf.classes_) == 2:  # binary: sigmoid(z) = softmax([0, z])[1]
         coef = np.stack([np.zeros_like(coef[0]), coef[0]])
@@ -794,6 +797,33 @@ def summary(probe: Probe) -> dict[str, Any]:
         "chosen": m.get("chosen"), "target_met": m.get("target_met"), "rule": m.get("rule"),
         "layers": layer_rows, "n_docs": m.get("n_docs"), "n_units": m.get("n_units"),
     }
+
+
+def guard_readings(model, tokenizer, probe: Probe, seqs: Sequence[Sequence[int]], batch_size: int = 16) -> list[np.ndarray]:
+    """Teacher-forced guard readings: for each id sequence, P(guard modes) at every position
+    (0 at tags and BOS, as the guard reads them). What the guard would have seen generating it."""
+    from prealign.tokenizer import tag_token_ids
+
+    probe.check_model(model)
+    resets = set(tag_token_ids(tokenizer, get_scheme(probe.scheme)).values())
+    if tokenizer.bos_token_id is not None:
+        resets.add(int(tokenizer.bos_token_id))
+    arrs = [np.asarray(s, dtype=np.int64) for s in seqs]
+    [states] = _hidden_states(model, arrs, [probe.layer], batch_size)
+    out = []
+    for ids, h in zip(arrs, states):
+        p = probe.guard_prob(h).astype(np.float32)
+        p[np.isin(ids, list(resets))] = 0.0
+        out.append(p)
+    return out
+
+
+def first_fire(readings: np.ndarray, threshold: float, k: int, start: int = 0) -> int | None:
+    """The first position ≥ `start` where the guard's run reaches `k` (runs start at `start`)."""
+    r = np.asarray(readings)[start:]
+    run = run_lengths(r > threshold, np.zeros(len(r), bool))
+    hit = np.flatnonzero(run >= k)
+    return None if not len(hit) else int(hit[0]) + start
 
 
 # --- the guard -------------------------------------------------------------------------------------------
