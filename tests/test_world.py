@@ -407,6 +407,14 @@ def test_shards_resume_and_load_with_datasets(tmp_path):
         world.generate(tmp_path / "w", 100, "mle", seed=5, config=cfg)
 
 
+def test_parallel_workers_write_the_same_shards(tmp_path):
+    cfg = WorldConfig(docs_per_shard=30)
+    world.generate(tmp_path / "one", 90, "mle", seed=4, config=cfg)
+    world.generate(tmp_path / "two", 90, "mle", seed=4, config=cfg, workers=2)
+    a, b = load_records(tmp_path / "one"), load_records(tmp_path / "two")
+    assert [r["id"] for r in a] == [r["id"] for r in b] and [r["text"] for r in a] == [r["text"] for r in b]
+
+
 def test_config_is_checked():
     with pytest.raises(PrealignError, match="unknown key"):
         WorldConfig.from_dict({"gossip_rat": 0.1})

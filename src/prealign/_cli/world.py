@@ -56,6 +56,7 @@ def world(
     attacks: Optional[Path] = typer.Option(None, "--attacks", help="Write red-team/behaviour attack records of --split (default eval) to this .jsonl."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON/YAML file of WorldConfig fields (unknown keys are errors)."),
     docs_per_shard: Optional[int] = typer.Option(None, "--docs-per-shard", help="Documents per Parquet shard (resume granularity)."),
+    workers: int = typer.Option(1, "--workers", help="Processes rendering shards in parallel (same shards as 1)."),
 ) -> None:
     """Generate the embedded world: scenarios with ground truth, rendered as any corpus variant."""
     from prealign.errors import PrealignError
@@ -89,7 +90,7 @@ def world(
 
     with Progress(TextColumn("world {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False) as bar:
         task = bar.add_task(f"{variant} {split}", total=docs)
-        paths = W.generate(out, docs, variant, scheme, seed, split, cfg, progress=lambda n: bar.advance(task, n))
+        paths = W.generate(out, docs, variant, scheme, seed, split, cfg, progress=lambda n: bar.advance(task, n), workers=workers)
     print(f"world: {len(paths)} shard(s) -> {out}")
 
 

@@ -61,20 +61,34 @@ def iter_documents(docs: int, variant: str, scheme: str = "seed", seed: int = 0,
         yield rec
 
 
+def _write_rank(job: tuple) -> tuple[int, int]:
+    """One rank in a worker process: render its scenarios and write its shard atomically."""
+    from prealign.data import write_shard
+
+    out, rank, n, start, variant, scheme, seed, split, cfg = job
+    recs = list(iter_documents(n, variant, scheme, seed, split, cfg, start=start))
+    write_shard(out, rank, recs)
+    return rank, n
+
+
 def generate(out_dir: str | os.PathLike, docs: int, variant: str, scheme: str = "seed", seed: int = 0,
              split: str = "train", config: WorldConfig | None = None,
-             progress: Callable[[int], None] | None = None) -> list[Path]:
+             progress: Callable[[int], None] | None = None, workers: int = 1) -> list[Path]:
     """Write `docs` scenarios of `split` rendered as `variant` to Parquet shards under `out_dir`.
 
     `progress(n)` is called with the number of scenarios finished after each shard (finished
-    shards found on resume count too). Returns the shard paths.
+    shards found on resume count too). `workers > 1` renders shards in that many processes; the
+    shards are the same as with one (each is seeded by its scenario indices). Returns the shard
+    paths.
     """
     from prealign._util import read_json, run_meta, write_json
-    from prealign.data import run_ranks
+    from prealign.data import part_path, rank_done, run_ranks
 
     cfg = config or WorldConfig()
     if docs < 1:
         raise PrealignError(f"--docs must be ≥ 1, got {docs}")
+    if workers < 1:
+        raise PrealignError(f"--workers must be ≥ 1, got {workers}")
     scheme_col = _check_variant(variant, scheme)
     check_split(split)
     out = Path(out_dir)
@@ -100,7 +114,21 @@ def generate(out_dir: str | os.PathLike, docs: int, variant: str, scheme: str = 
         if progress:
             progress(min(per, docs - rank * per))
 
-    return run_ranks(out, n_ranks, make, on_rank_done=done)
+    if workers == 1 or n_ranks == 1:
+        return run_ranks(out, n_ranks, make, on_rank_done=done)
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    todo = []
+    for rank in range(n_ranks):
+        if rank_done(out, rank):
+            done(rank, -1)
+        else:
+            todo.append((out, rank, min(per, docs - rank * per), rank * per, variant, scheme, seed, split, cfg))
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo) or 1)) as pool:
+        for fut in as_completed([pool.submit(_write_rank, job) for job in todo]):
+            rank, _ = fut.result()
+            done(rank, -1)
+    return [part_path(out, r) for r in range(n_ranks)]
 
 
 def write_scenarios(path: str | os.PathLike, docs: int, split: str = "train", seed: int = 0,
