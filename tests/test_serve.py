@@ -89,8 +89,10 @@ def test_malformed_requests_get_openai_style_4xx(server, client):
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="tiny", messages=msgs, **bad)
         assert e.value.body["message"]
-    with pytest.raises(openai.BadRequestError, match="context_length|tokens"):
-        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "word " * 2000}], max_tokens=8)
+    for stream in (False, True):  # a streamed request is refused before its stream starts
+        with pytest.raises(openai.BadRequestError, match="context_length|tokens"):
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "word " * 2000}],
+                                           max_tokens=8, stream=stream)
     raw = httpx.post(server.url + "/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert raw.status_code == 400 and "JSON" in raw.json()["error"]["message"]
     raw = httpx.post(server.url + "/chat/completions", json={"model": "tiny", "messages": []})

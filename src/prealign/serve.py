@@ -429,8 +429,18 @@ def create_app(model, tokenizer, config: ServeConfig | None = None):
         kind = "chat.completion" if chat else "text_completion"
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        if req.stream:
-            return StreamingResponse(stream(req, chat, rid, created), media_type="text/event-stream")
+        if req.stream:  # jobs are made and queued here, so a bad prompt or a full queue is a real 4xx/503
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue = asyncio.Queue()
+
+            def on_step_for(k: int):
+                return lambda res: loop.call_soon_threadsafe(queue.put_nowait, ("step", k, res))
+
+            jobs = service.jobs(req, on_step_for)
+            service.engine.submit(jobs)
+            for k, j in enumerate(jobs):
+                j.future.add_done_callback(lambda f, k=k: loop.call_soon_threadsafe(queue.put_nowait, ("done", k, f)))
+            return StreamingResponse(stream(req, chat, rid, created, jobs, queue), media_type="text/event-stream")
         jobs = service.jobs(req)
         service.engine.submit(jobs)
         try:
@@ -456,24 +466,8 @@ def create_app(model, tokenizer, config: ServeConfig | None = None):
                 "usage": _usage(prompt_tokens, sum(len(r.ids) for r in results)),
                 "prealign": choices[0]["prealign"]}
 
-    async def stream(req: Request, chat: bool, rid: str, created: int):
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        sent = {}
-
-        def on_step_for(k: int):
-            def on_step(res: LockedResult):
-                loop.call_soon_threadsafe(queue.put_nowait, ("step", k, res))
-            return on_step
-
-        try:
-            jobs = service.jobs(req, on_step_for)
-            service.engine.submit(jobs)
-        except APIError as e:
-            yield f"data: {json.dumps(e.body())}\n\n"
-            return
-        for k, j in enumerate(jobs):
-            j.future.add_done_callback(lambda f, k=k: loop.call_soon_threadsafe(queue.put_nowait, ("done", k, f)))
+    async def stream(req: Request, chat: bool, rid: str, created: int, jobs: list[Job], queue: asyncio.Queue):
+        sent: dict[int, str] = {}
         kind = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(k: int, delta: str | None, finish: str | None = None, ext: dict | None = None, role: bool = False) -> str:
