@@ -25,7 +25,7 @@ def _print_summary(title: str, summary: dict) -> None:
     from prealign.report import fmt_rate
 
     print(title)
-    for key in ("leak_rate", "exit_rate", "wrong_action_rate", "correct_action_rate"):
+    for key in ("leak_rate", "any_leak_rate", "exit_rate", "wrong_action_rate", "correct_action_rate"):
         if key in summary:
             print(f"  {key:<20} {fmt_rate(summary[key])}")
 
@@ -66,7 +66,10 @@ def redteam(
 
     atts = load_suite(attacks, n=n, seed=seed, scheme=scheme_of(model) or "seed", wrappers=wrappers, max_chars=max_chars)
     responder = responder_for(model, "none" if no_lock else lock, _gen(max_new_tokens, temperature, greedy, exit_threshold))
-    outs = run_attacks(responder, atts, samples=samples, seed=seed)
+    from prealign.evals.attacks import SUITES
+    from prealign.evals.redteam import world_canaries
+
+    outs = run_attacks(responder, atts, samples=samples, seed=seed, all_canaries=world_canaries() if attacks in SUITES else None)
     summary = redteam_summary([o for o in outs if o["canaries"] and not o["authorised"]])
     summary["responder"] = responder.name
     summary["attacks"] = attacks
@@ -128,6 +131,7 @@ def humans(
     data: str = typer.Option(..., "--data", help="Held-out tagged documents (Parquet shards, .jsonl or .txt)."),
     docs: int = typer.Option(300, "--docs"),
     items: int = typer.Option(100, "--items", help="Next-sentence items."),
+    also_in: Optional[str] = typer.Option(None, "--also-in", help="Another rendering of the same scenarios (e.g. the mle eval split): keep only passages found there verbatim."),
     seed: int = typer.Option(0, "--seed"),
     json_out: Optional[str] = typer.Option(None, "--json"),
 ) -> None:
@@ -139,7 +143,8 @@ def humans(
     from prealign.tokenizer import scheme_of
 
     m, tok = load_model_dir(model)
-    res = evaluate_humans(m, tok, _eval_texts(data, docs), scheme=scheme_of(model) or "seed", n_items=items, seed=seed)
+    res = evaluate_humans(m, tok, _eval_texts(data, docs), scheme=scheme_of(model) or "seed", n_items=items, seed=seed,
+                          also_in=_eval_texts(also_in, 10**9) if also_in else None)
     print(f"human-mode text: {res['loss']['bits_per_char']:.4f} bits/char over {res['loss']['n_chars']} chars")
     if "next_action" in res:
         print(f"next sentence:   {fmt_rate(res['next_action']['accuracy'])} (chance {100 * res['next_action']['chance']:.0f}%)")

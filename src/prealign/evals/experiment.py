@@ -8,6 +8,7 @@ evaluation → `results.json` → one HTML report. Resumable step by step.
 Layout of DIR:
     data/<variant>/            world corpora (tagged, mle, filtered, sft), Parquet shards
     data/eval/                 the eval split (tagged documents) and the attack files per suite
+    data/eval-mle/             the same eval scenarios rendered as mle (for the human-text check)
     tokenizer/                 one BPE tokenizer (trained on tagged + mle text) shared by all models
     models/<variant>/          HF directories: tagged, mle, filtered, mle+sft (mle fine-tuned on sft)
     evals/<row>/<suite>.jsonl  every scored reply; evals/<row>/summary.json its figures
@@ -76,8 +77,9 @@ PLANS: dict[str, Plan] = {
                   train_minutes=0.5, sft_tokens=10_000, sft_minutes=0.2, n_heldout=24, n_wild=8,
                   max_new_tokens=24, human_passages=20, human_items=10, probe_docs=12, seq_len=128,
                   max_prompt_chars=300),
-    "quick": Plan("quick", docs=6000, sft_docs=1500, eval_docs=300, vocab_size=2048, train_tokens=1_800_000,
-                  train_minutes=3.5, sft_tokens=180_000, sft_minutes=0.75, n_heldout=200, n_wild=120),
+    # quick: measured on 2 dedicated cores at ~10k tokens/s: ~4 min per pretraining, ~15 min in all
+    "quick": Plan("quick", docs=8000, sft_docs=2000, eval_docs=400, vocab_size=2048, train_tokens=2_400_000,
+                  train_minutes=5.0, sft_tokens=240_000, sft_minutes=1.0, n_heldout=300, n_wild=160),
     "full": Plan("full", docs=40000, sft_docs=8000, eval_docs=1000, vocab_size=4096, train_tokens=6_500_000,
                  train_minutes=12.0, sft_tokens=650_000, sft_minutes=2.0, n_heldout=600, n_wild=400, samples=2,
                  human_passages=400, human_items=300, probe_docs=200, ensemble_seeds=2),
@@ -226,6 +228,8 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, rows: Sequence[str]
         steps.run(f"corpus/{v}", lambda v=v, n=n: _world_generate(data / v, n, v, plan.scheme, plan.seed, "train"))
     commands.append(f"prealign world --out {data / 'eval'} --docs {plan.eval_docs} --variant tagged --scheme {plan.scheme} --seed {plan.seed} --split eval")
     steps.run("corpus/eval", lambda: _world_generate(data / "eval", plan.eval_docs, "tagged", plan.scheme, plan.seed, "eval"))
+    commands.append(f"prealign world --out {data / 'eval-mle'} --docs {plan.eval_docs} --variant mle --seed {plan.seed} --split eval")
+    steps.run("corpus/eval-mle", lambda: _world_generate(data / "eval-mle", plan.eval_docs, "mle", plan.scheme, plan.seed, "eval"))
     steps.run("attacks", lambda: _write_attack_files(plan, data / "eval"))
 
     # 2. one tokenizer for all
@@ -254,8 +258,9 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, rows: Sequence[str]
         steps.run(f"eval/{r}", lambda row=row: _eval_row(plan, row, models, attack_files, evals / row.name))
     eval_texts = lambda n: _texts(data / "eval", n)  # noqa: E731
     for m in MODELS:
-        commands.append(f"prealign eval humans --model {models / m} --data {data / 'eval'}")
-        steps.run(f"humans/{m}", lambda m=m: write_json(evals / "humans" / f"{m}.json", _humans(plan, models / m, eval_texts(plan.eval_docs))))
+        commands.append(f"prealign eval humans --model {models / m} --data {data / 'eval'} --also-in {data / 'eval-mle'}")
+        steps.run(f"humans/{m}", lambda m=m: write_json(evals / "humans" / f"{m}.json",
+                                                        _humans(plan, models / m, eval_texts(plan.eval_docs), _texts(data / "eval-mle"))))
     commands.append(f"prealign eval probes --model {models / 'tagged'} --data {data / 'eval'} --plot {evals / 'probes.png'}")
     steps.run("probes", lambda: _probes(plan, models / "tagged", eval_texts(plan.probe_docs), evals))
     if plan.ensemble_seeds:
@@ -347,27 +352,32 @@ def _responder(plan: Plan, row: Row, models: Path):
 def _eval_row(plan: Plan, row: Row, models: Path, attack_files: Mapping[str, Path], out: Path) -> None:
     from prealign.evals.attacks import load_attacks
     from prealign.evals.behaviour import behaviour_summary
+    from prealign.evals.metrics import get_metric
     from prealign.evals.redteam import redteam_summary, run_attacks, transcripts
 
     responder = _responder(plan, row, models)
     summary: dict[str, Any] = {"row": row.name, "model": row.model, "lock_mode": row.lock_mode, "redteam": {}, "transcripts": {}}
+    from prealign.evals.redteam import world_canaries
+
+    canaries = world_canaries()
     for s, f in attack_files.items():
-        outcomes = run_attacks(responder, load_attacks(f), samples=plan.samples, seed=plan.seed)
+        outcomes = run_attacks(responder, load_attacks(f), samples=plan.samples, seed=plan.seed, all_canaries=canaries)
         _write_jsonl(out / f"{s}.jsonl", outcomes)
         hazard = [o for o in outcomes if o["canaries"] and not o["authorised"]]
         summary["redteam"][s] = redteam_summary(hazard)
+        summary["redteam"][s]["benign_any_leak"] = get_metric("any_leak_rate")([o for o in outcomes if not o["canaries"]]).to_dict()
         summary["transcripts"][s] = transcripts(outcomes)
         if s == "world-heldout":
             summary["behaviour"] = behaviour_summary(outcomes)
     write_json(out / "summary.json", summary)
 
 
-def _humans(plan: Plan, model_dir: Path, texts: Sequence[str]) -> dict[str, Any]:
+def _humans(plan: Plan, model_dir: Path, texts: Sequence[str], also_in: Sequence[str]) -> dict[str, Any]:
     from prealign.evals.humans import evaluate_humans
 
     model, tok = _load(model_dir)
     return evaluate_humans(model, tok, texts, scheme=plan.scheme, n_items=plan.human_items,
-                           max_passages=plan.human_passages, seed=plan.seed)
+                           max_passages=plan.human_passages, seed=plan.seed, also_in=also_in)
 
 
 def _probes(plan: Plan, model_dir: Path, texts: Sequence[str], evals: Path) -> None:

@@ -5,6 +5,9 @@
 Two measures, both on held-out human-mode text (the eval split's tagged documents, cut into their
 human-mode spans with `segments.segments_of`, so every variant reads the very same characters):
 
+In the experiment only passages that the `mle` rendering of the same eval scenarios contains
+verbatim are used (`also_in`), so the text is the same in both worlds' renderings.
+
 - **loss**: negative log-likelihood per character (bits/char: tokenizer-independent) of the
   human-mode passages, each read after a BOS as plain text. The seed's claim is that tagging costs
   nothing here; filtering bad acts out of the data should cost something.
@@ -25,18 +28,25 @@ from prealign.errors import PrealignError
 from prealign.evals.metrics import rate_of
 
 
-def human_passages(texts: Iterable[str], scheme: str = "seed", min_chars: int = 60) -> list[str]:
-    """The human-mode spans (not the AI's quotes) of tagged documents, at least `min_chars` long."""
+def human_passages(texts: Iterable[str], scheme: str = "seed", min_chars: int = 60,
+                   also_in: Iterable[str] | None = None) -> list[str]:
+    """The human-mode spans (not the AI's quotes) of tagged documents, at least `min_chars` long.
+
+    `also_in`: other renderings of the same scenarios (e.g. the `mle` eval split); only passages
+    that appear there verbatim are kept, so no variant is scored on text only its own corpus
+    renders that way (a tagged request framing, say).
+    """
     from prealign.modes import Mode, get_scheme
     from prealign.segments import segments_of
 
     sch = get_scheme(scheme)
+    pool = "\x00".join(also_in) if also_in is not None else None
     out = []
     for text in texts:
         for seg in segments_of(text, sch):
             if seg.mode is Mode.HUMAN or (seg.mode in sch.human_modes and seg.mode not in sch.quoted_modes):
                 piece = text[seg.start:seg.end].strip()
-                if len(piece) >= min_chars:
+                if len(piece) >= min_chars and (pool is None or piece in pool):
                     out.append(piece)
     return out
 
@@ -124,11 +134,11 @@ def cloze_accuracy(model, tokenizer, items: Sequence[Mapping[str, Any]], max_len
 
 def evaluate_humans(model, tokenizer, texts: Sequence[str], scheme: str = "seed", n_items: int = 100,
                     max_passages: int = 200, seed: int = 0, self_interested: Sequence[str] = (),
-                    min_chars: int = 60) -> dict[str, Any]:
-    """Loss on held-out human text and next-sentence accuracy, for one model."""
+                    min_chars: int = 60, also_in: Sequence[str] | None = None) -> dict[str, Any]:
+    """Loss on held-out human text and next-sentence accuracy, for one model (see `human_passages`)."""
     from prealign.evals.probes import SELFISH_WORDS
 
-    passages = human_passages(texts, scheme, min_chars)
+    passages = human_passages(texts, scheme, min_chars, also_in)
     if not passages:
         raise PrealignError("the evaluation documents have no human-mode passages")
     rng = random.Random(seed)
