@@ -51,6 +51,14 @@ def test_report_is_a_pure_function_of_results(tmp_path):
     assert [r[0] for r in rows] == ["mle", "tagged+lock"] and rows[0][5] == "0.0% [0.0, 43.4] (0/5)"
 
 
+def test_markdown_summary(tmp_path, capsys):
+    p = tmp_path / "results.json"
+    p.write_text(json.dumps(results()))
+    assert main(["report", str(p), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| mle | 30.0% [21.9, 39.6] (30/100)" in out and "| goal | verdict | evidence |" in out
+
+
 def test_report_rejects_other_json(tmp_path, capsys):
     p = tmp_path / "x.json"
     p.write_text("[1, 2]")

@@ -292,6 +292,31 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
     return "\n".join(parts)
 
 
+def markdown_summary(results: Mapping[str, Any]) -> str:
+    """The headline tables and the goals as Markdown (for a README)."""
+    def md(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+        lines = ["| " + " | ".join(map(str, head)) + " |", "|" + " --- |" * len(head)]
+        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+        return "\n".join(lines)
+
+    plan = results.get("plan", {})
+    out = [f"Plan `{plan.get('name')}`, seed {plan.get('seed')}; rates: value [95% Wilson interval] (k/n)."]
+    for s in sorted({s for v in results.get("variants", {}).values() for s in v.get("redteam", {})}):
+        out += ["", f"**{s}**", "", md(HEADLINE_HEAD, headline_rows(results, s))]
+    hrow, seen = [], set()
+    for n in results.get("rows", []):
+        v = results["variants"].get(n) or {}
+        if v.get("model") in seen:
+            continue
+        seen.add(v.get("model"))
+        bpc = _get(v, "humans", "loss", "bits_per_char")
+        hrow.append([v.get("model"), "–" if bpc is None else f"{bpc:.4f}", fmt_rate(_get(v, "humans", "next_action", "accuracy")),
+                     fmt_rate(_get(v, "behaviour", "overall", "correct_action_rate"))])
+    out += ["", md(["model", "bits/char, held-out human text", "next-sentence accuracy", "correct action (world items)"], hrow)]
+    out += ["", md(["goal", "verdict", "evidence"], [[c["goal"], c["verdict"], c["evidence"]] for c in claims(results)])]
+    return "\n".join(out) + "\n"
+
+
 def write_report(results_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Read `results.json`, write the HTML report (default: `report.html` beside it) and its plots."""
     results_path = Path(results_path)

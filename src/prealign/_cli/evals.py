@@ -244,11 +244,16 @@ def experiment(
 def report(
     results: str = typer.Argument(..., help="results.json of an experiment."),
     out: Optional[str] = typer.Option(None, "--out", help="HTML file (default: report.html beside the results)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Also print the headline tables and goals as Markdown."),
 ) -> None:
     """Render the HTML report (tables with intervals, plots, transcripts, commands) from results.json."""
-    from prealign.report import write_report
+    from prealign._util import read_json
+    from prealign.report import markdown_summary, write_report
 
-    print(f"report: {write_report(results, out)}")
+    path = write_report(results, out)
+    if markdown:
+        print(markdown_summary(read_json(results)))
+    print(f"report: {path}")
 
 
 def register(app: typer.Typer) -> None:
