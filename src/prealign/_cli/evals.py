@@ -9,7 +9,6 @@ Each verb parses its arguments and calls one library function in `prealign.evals
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
