@@ -316,7 +316,7 @@ def _train(plan: Plan, data: Path, out: Path, variant: str, tokenizer: Path | No
     cfg = TrainConfig(data=str(data), out=str(out), tokenizer=str(tokenizer) if tokenizer else None,
                       init_from=str(init_from) if init_from else None, preset=plan.preset, variant=variant,
                       scheme=plan.scheme, max_tokens=tokens, max_minutes=minutes, seed=seed, resume=True,
-                      progress=False, **extra)
+                      progress=True, **extra)
     train(cfg)
 
 
