@@ -295,26 +295,60 @@ def test_training_reports_layers_and_follows_the_rule(trained):
         assert 0.0 <= r["accuracy"] <= 1.0 and set(r["recall"]) == {"human", "ai", "quoted_human"}
     table = m["calibration"]
     assert len(table) == len(m["layers"]) * 3 * 3
-    # the stated rule, recomputed independently
-    ok = [r for r in table if r["catch_rate"] >= 0.9]
+    # the stated rule (fire budget 2%), recomputed independently
+    ok = [r for r in table if r["benign_fire_rate"] <= 0.02]
     if ok:
-        best = min(r["benign_fire_rate"] for r in ok)
-        assert m["target_met"] and m["chosen"]["benign_fire_rate"] == best and m["chosen"]["catch_rate"] >= 0.9
+        assert m["target_met"] and m["chosen"]["catch_rate"] == max(r["catch_rate"] for r in ok)
+        assert m["chosen"]["benign_fire_rate"] <= 0.02
     else:
-        assert not m["target_met"] and m["chosen"]["catch_rate"] == max(r["catch_rate"] for r in table)
+        assert not m["target_met"] and m["chosen"]["benign_fire_rate"] == min(r["benign_fire_rate"] for r in table)
     assert (probe.layer, probe.threshold, probe.k) == (m["chosen"]["layer"], m["chosen"]["threshold"], m["chosen"]["k"])
 
 
-def test_choose_guard_rule():
+def test_choose_guard_rules():
     rows = [
         {"layer": 1, "threshold": 0.7, "k": 3, "benign_fire_rate": 0.02, "catch_rate": 0.95, "median_latency": 4.0},
         {"layer": 2, "threshold": 0.8, "k": 3, "benign_fire_rate": 0.01, "catch_rate": 0.85, "median_latency": 3.0},
         {"layer": 2, "threshold": 0.9, "k": 2, "benign_fire_rate": 0.02, "catch_rate": 0.92, "median_latency": 2.0},
+        {"layer": 3, "threshold": 0.9, "k": 1, "benign_fire_rate": 0.30, "catch_rate": 0.99, "median_latency": 1.0},
     ]
-    chosen, met = choose_guard(rows, 0.9)
-    assert met and (chosen["layer"], chosen["threshold"]) == (2, 0.9)  # tie on fire rate: faster catch
-    chosen, met = choose_guard(rows, 0.99)
-    assert not met and chosen["catch_rate"] == 0.95
+    chosen, met = choose_guard(rows, "fire_budget", max_benign_fire=0.02)
+    assert met and chosen["catch_rate"] == 0.95
+    chosen, met = choose_guard(rows, "fire_budget", max_benign_fire=0.015)
+    assert met and (chosen["layer"], chosen["threshold"]) == (2, 0.8)
+    chosen, met = choose_guard(rows, "fire_budget", max_benign_fire=0.001)
+    assert not met and chosen["benign_fire_rate"] == 0.01
+    chosen, met = choose_guard(rows, "catch_target", target_catch=0.9)
+    assert met and (chosen["layer"], chosen["threshold"]) == (1, 0.7)  # tie on fire rate: higher catch
+    chosen, met = choose_guard(rows, "catch_target", target_catch=0.995)
+    assert not met and chosen["catch_rate"] == 0.99
+
+
+def test_generated_replies_enter_the_calibration_table(tok, trained):
+    """Replies the model generated (benign, and leaks with a canary position) are units of the
+    table; the table's numbers match the guard replayed over the same ids (teacher-forced)."""
+    from prealign.probes import CalibReply, first_fire, guard_readings
+
+    model, probe, _ = trained
+    res = generate_locked_batch(model, tok, ["hello there", "money and family", "the lazy dog", "help me"],
+                                max_new_tokens=12, do_sample=False)
+    reps = []
+    for i, r in enumerate(res):
+        ids = np.array(list(r.prompt_ids) + list(r.ids))
+        leak = len(r.prompt_ids) + 6 if i % 2 else None  # pretend odd replies leak at their 7th token
+        reps.append(CalibReply(ids, len(r.prompt_ids) - 1, leak))
+    texts = [t for t in corpus() if "<" in t] * 8 + corpus()[:40]
+    cfg = ProbeConfig(max_docs=64, max_train_tokens=3000, ks=(1, 3), thresholds=(0.3, 0.9), layer=probe.layer)
+    p2 = train_probe(model, tok, texts, cfg, replies=reps)
+    assert p2.metrics["n_units"]["generated replies"] == 2 and p2.metrics["n_units"]["generated leaks"] == 2
+    reads = guard_readings(model, tok, p2, [r.ids for r in reps])
+    for row in p2.metrics["calibration"]:
+        fired = [first_fire(rd, row["threshold"], row["k"], r.start) for r, rd in zip(reps, reads)]
+        benign = [f is not None for f, r in zip(fired, reps) if r.canary_pos is None]
+        caught = [f is not None and f < r.canary_pos for f, r in zip(fired, reps) if r.canary_pos is not None]
+        assert row["reply_fire_rate"] == pytest.approx(np.mean(benign))
+        assert row["leak_catch_rate"] == pytest.approx(np.mean(caught))
+        assert row["benign_fire_rate"] == row["reply_fire_rate"]  # generated replies decide
 
 
 def test_run_lengths_matches_a_loop():
@@ -445,10 +479,11 @@ def test_cli_train_and_show(tok, tmp_path):
     texts = [t for t in corpus() if "<" in t] * 4 + corpus()[:12]
     data.write_text("".join(json.dumps({"text": t, "split": "calib"}) + "\n" for t in texts))
     run = CliRunner().invoke(app, ["probe", "train", "--model", str(d), "--data", str(data), "--max-docs", "20",
-                                   "--k", "2", "--no-progress", "--json"])
+                                   "--k", "2", "--calib-replies", "8", "--no-progress", "--json"])
     assert run.exit_code == 0, run.output
     out = json.loads(run.stdout)
     assert out["k"] == 2 and out["chosen"]["k"] == 2 and (d / PROBE_DIR / PROBE_JSON).exists()
+    assert out["chosen"]["reply_fire_rate"] is not None  # generated calib replies were used
     shown = CliRunner().invoke(app, ["probe", "show", "--model", str(d), "--json"])
     assert shown.exit_code == 0 and json.loads(shown.stdout) == out
     shown = CliRunner().invoke(app, ["probe", "show", "--model", str(d)])

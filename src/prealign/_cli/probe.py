@@ -26,9 +26,12 @@ def _print_summary(s: dict, where: str) -> None:
               f"P({'+'.join(s['guard_classes'])}) > {s['threshold']} for k={s['k']} consecutive tokens")
     if ch:
         lat = ch.get("median_latency")
-        con.print(f"calibration: benign fire rate {ch['benign_fire_rate']:.1%}, drift caught {ch['catch_rate']:.1%}"
-                  f" (median {lat if lat is not None else '-'} tokens after the drift starts); "
-                  f"target met: {s.get('target_met')}")
+        pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+        con.print(f"calibration: benign fire rate {pct(ch['benign_fire_rate'])} (generated replies {pct(ch.get('reply_fire_rate'))}, "
+                  f"document replies {pct(ch.get('doc_fire_rate'))}); drift caught {pct(ch['catch_rate'])} (splices "
+                  f"{pct(ch.get('splice_catch_rate'))}, median {lat if lat is not None else '-'} tokens after the drift starts; "
+                  f"generated leaks {pct(ch.get('leak_catch_rate'))} of {ch.get('n_leaks', 0)} caught before the canary); "
+                  f"constraint met: {s.get('target_met')}")
         con.print(f"rule: {s.get('rule')}")
     if s.get("layers"):
         t = Table("layer", "name", "accuracy", "majority", "guard AUROC", *[f"recall {c}" for c in s["classes"]])
@@ -45,7 +48,10 @@ def probe_train(
     model: str = typer.Option(..., "--model", help="Tagged model directory; the probe is saved in its probe/."),
     data: Optional[str] = typer.Option(None, "--data", help="Calibration-split documents (Parquet shards, .jsonl, text). Default: render the world's calib split."),
     max_docs: int = typer.Option(400, "--max-docs", help="Documents read (split into probe-fitting and calibration parts)."),
-    target_catch: float = typer.Option(0.9, "--target-catch", help="Share of calibration drift the guard must catch."),
+    rule: str = typer.Option("fire_budget", "--rule", help="fire_budget (most drift caught within a benign fire budget) | catch_target."),
+    max_benign_fire: float = typer.Option(0.02, "--max-benign-fire", help="fire_budget: largest benign fire rate allowed."),
+    target_catch: float = typer.Option(0.9, "--target-catch", help="catch_target: share of calibration drift the guard must catch."),
+    calib_replies: int = typer.Option(300, "--calib-replies", help="Replies generated to world calib-split requests (0: documents only)."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Fix the probe layer (0 = embeddings)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Fix the threshold instead of calibrating it."),
     k: Optional[int] = typer.Option(None, "--k", help="Fix the run length instead of calibrating it."),
@@ -56,7 +62,8 @@ def probe_train(
     """Train per-layer mode probes on a calibration split and calibrate the guard (layer, threshold, k)."""
     from prealign.probes import ProbeConfig, calibrate_and_save, summary
 
-    cfg = ProbeConfig(max_docs=max_docs, target_catch=target_catch, layer=layer, threshold=threshold, k=k, seed=seed)
+    cfg = ProbeConfig(max_docs=max_docs, rule=rule, max_benign_fire=max_benign_fire, target_catch=target_catch,
+                      calib_replies=calib_replies, layer=layer, threshold=threshold, k=k, seed=seed)
     probe = calibrate_and_save(model, data, cfg, progress=progress)
     s = summary(probe)
     if as_json:
