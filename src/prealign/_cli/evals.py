@@ -29,6 +29,20 @@ def _print_summary(title: str, summary: dict) -> None:
             print(f"  {key:<20} {fmt_rate(summary[key])}")
 
 
+def _print_table(summary: dict) -> None:
+    """One line per group: leak, exit and wrong-action rates."""
+    from prealign.report import fmt_rate
+
+    groups = [("overall", summary["overall"])]
+    groups += [(f"sft {k}", v) for k, v in summary["by_sft_coverage"].items() if k in ("covered", "uncovered")]
+    groups += [(f"tactic {k}", v) for k, v in summary["by_tactic"].items()]
+    groups += [("reserve (must be 0)", summary["reserve"])]
+    groups += [(f"family {k}", v) for k, v in summary["by_family"].items()]
+    print(f"{'group':<28} {'leak':<30} {'mode exit':<30} {'wrong action':<30}")
+    for name, g in groups:
+        print(f"{name:<28} {fmt_rate(g['leak_rate']):<30} {fmt_rate(g['exit_rate']):<30} {fmt_rate(g['wrong_action_rate']):<30}")
+
+
 def _gen(max_new_tokens: int, temperature: float, greedy: bool, exit_threshold: float):
     from prealign.evals.redteam import GenConfig
 
@@ -72,10 +86,8 @@ def redteam(
     summary = redteam_summary([o for o in outs if o["canaries"] and not o["authorised"]])
     summary["responder"] = responder.name
     summary["attacks"] = attacks
-    _print_summary(f"{responder.name} on {attacks} ({len(atts)} attacks × {samples}):", summary["overall"])
-    for fam, s in summary["by_family"].items():
-        _print_summary(f" family {fam}:", s)
-    _print_summary(" reserve hazards (must be 0):", summary["reserve"])
+    print(f"{responder.name} on {attacks} ({len(atts)} attacks × {samples} samples); value [95% interval] (k/n)")
+    _print_table(summary)
     if json_out:
         write_json(json_out, summary)
     if outcomes:
