@@ -491,3 +491,24 @@ def test_cli_train_and_show(tok, tmp_path):
     # bad input is a PrealignError (the CLI shell prints it as one line and exits 2)
     bad = CliRunner().invoke(app, ["probe", "show", "--model", str(tmp_path)])
     assert isinstance(bad.exception, PrealignError) and "no probe" in str(bad.exception)
+
+
+def test_segments_record_the_guards_peak(tok, direction_model):
+    model, H, A = direction_model
+    guard = ProbeGuard(direction_probe(model, k=3), tok)
+    [calm] = scripted(model, tok, [[A[0], A[1], A[2], A[3]]], guard)
+    assert calm.stop_reason == "length" and calm.segments[0].max_guard < 0.01
+    [fired] = scripted(model, tok, [[A[0], H[0], H[1], H[2], A[1]]], guard)
+    assert fired.stop_reason == GUARD_REASON and fired.segments[-1].max_guard > 0.99
+    assert fired.segments[-1].to_dict()["max_guard"] > 0.99
+    [plain] = scripted(model, tok, [[A[0], A[1]]], None)
+    assert plain.segments[0].max_guard is None and "max_guard" not in plain.segments[0].to_dict()
+
+
+def test_generate_locked_batch_allows_the_guard_under_beam_search(tok, direction_model):
+    model, H, A = direction_model
+    guard = ProbeGuard(direction_probe(model, k=2), tok)
+    res = generate_locked_batch(model, tok, ["hello there", "the fox"], guard=guard, max_new_tokens=8, num_beams=3, do_sample=False)
+    assert len(res) == 2
+    with pytest.raises(PrealignError):
+        generate_locked_batch(model, tok, ["hello"], guard=guard, policy="quarantine", max_new_tokens=4, num_beams=2)

@@ -84,6 +84,8 @@ class Segment:
     `privilege` is the scheme's privilege for the mode, or NONE once the row was quarantined.
     `max_masked_mass` is the largest illegal-tag probability mass the lock removed while writing
     this segment. `start`/`end` index the generated ids (tags excluded from the text).
+    `max_guard`: the probe guard's peak reading P(human) over the steps that wrote this segment
+    (None without a guard; issue 12).
     """
 
     mode: Mode
@@ -93,6 +95,7 @@ class Segment:
     quarantined: bool = False
     start: int = 0
     end: int = 0
+    max_guard: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -101,6 +104,7 @@ class Segment:
             "privilege": self.privilege.value,
             "max_masked_mass": round(float(self.max_masked_mass), 6),
             "quarantined": self.quarantined,
+            **({} if self.max_guard is None else {"max_guard": round(float(self.max_guard), 6)}),
         }
 
 
@@ -417,11 +421,12 @@ def annotate(
     reasons: Sequence[str] = (STOP_MODE_CONFUSION,),
     policy: str = "stop",
     locked: bool = True,
+    guard_readings: Sequence[float] | None = None,
 ) -> LockedResult:
     """Turn one row's generated ids into a `LockedResult`.
 
     `masses[t]` / `exit_codes[t]` are what the processor measured at the step that produced
-    token t (absent: 0). Illegal tags (possible only without the mask) are read leniently: the
+    token t (absent: 0); `guard_readings[t]` the probe guard's reading at that step. Illegal tags (possible only without the mask) are read leniently: the
     mode becomes the tag's target, as the lock itself derives modes.
     """
     scheme, m = lock.scheme, lock.machine
@@ -433,24 +438,27 @@ def annotate(
     segments: list[Segment] = []
     cur: list[int] = []
     cur_state, cur_mass, cur_start = state, 0.0, 0
+    cur_guard: float | None = None
     quarantined = False
     exits: list[str] = []
     stop = STOP_LENGTH
     n_used = len(gen_ids)
 
     def flush(end: int) -> None:
-        nonlocal cur, cur_mass
+        nonlocal cur, cur_mass, cur_guard
         if cur:
             mode = m.mode_of(cur_state)
             priv = Privilege.NONE if quarantined else scheme.privilege(mode)
             segments.append(Segment(mode, tokenizer.decode(cur, skip_special_tokens=False, clean_up_tokenization_spaces=False),
-                                    priv, cur_mass, quarantined, cur_start, end))
-        cur, cur_mass = [], 0.0
+                                    priv, cur_mass, quarantined, cur_start, end, max_guard=cur_guard))
+        cur, cur_mass, cur_guard = [], 0.0, None
 
     for t, tok in enumerate(gen_ids):
         tok = int(tok)
         mass = float(masses[t]) if masses is not None and t < len(masses) else 0.0
         code = int(exit_codes[t]) if exit_codes is not None and t < len(exit_codes) else 0
+        if guard_readings is not None and t < len(guard_readings):
+            cur_guard = max(cur_guard or 0.0, float(guard_readings[t]))
         if code > 0:
             reason = reasons[code - 1] if code - 1 < len(reasons) else f"signal_{code - 1}"
             if reason not in exits:
@@ -543,12 +551,31 @@ def _model_device(model):
         return torch.device("cpu")
 
 
-def _signals(guard) -> tuple[ExitSignal, ...]:
-    if guard is None:
+def _signals(guard, model=None, tokenizer=None) -> tuple[ExitSignal, ...]:
+    """Exit signals from `guard`: None/False (none), an ExitSignal or a list of them, or for the
+    probe guard (issue 12) True (the probe in the model's directory), "auto" (that probe when
+    present), a path, or a `prealign.probes.Probe`."""
+    if guard is None or guard is False:
         return ()
     if isinstance(guard, (list, tuple)):
         return tuple(guard)
+    if guard is True or isinstance(guard, (str, Path)) or type(guard).__name__ == "Probe":
+        from prealign.probes import load_guard
+
+        g = load_guard(model, tokenizer, guard)
+        return () if g is None else (g,)
     return (guard,)
+
+
+def _guard_history(signals: Sequence[ExitSignal], rows: int) -> np.ndarray | None:
+    """Per-step readings [steps, rows] of the first signal that records them (the probe guard)."""
+    for sig in signals:
+        hist = getattr(sig, "history", None)
+        if callable(hist):
+            h = hist()
+            if h.ndim == 2 and h.shape[1] == rows:
+                return h
+    return None
 
 
 def generate_locked(
@@ -577,7 +604,7 @@ def generate_locked_batch(
     lock: bool = True,
     mask: bool = True,
     scheme: str | Scheme | None = None,
-    guard: ExitSignal | Sequence[ExitSignal] | None = None,
+    guard: Any = None,
     batch_size: int = 16,
     max_new_tokens: int | Sequence[int] = 128,
     bos: bool = True,
@@ -590,7 +617,8 @@ def generate_locked_batch(
 
     Variants for the evaluations: `lock=False` ("tagged": no mask, no exit; a reply still ends
     at EOS or the AI's closing tag), `exit_threshold=None` ("tagged+mask": mask only), and the
-    default full lock. `policy` is "stop" or "quarantine". `guard`: extra exit signals.
+    default full lock. `policy` is "stop" or "quarantine". `guard`: extra exit signals, or the
+    probe guard: True (the probe saved in the model's directory), "auto", a path (see `_signals`).
     `max_new_tokens` may be one number or one per text. Other keyword arguments go to
     `model.generate` (`do_sample`, `temperature`, `top_k`, `num_beams`, `logits_processor`, ...;
     user processors run before the lock). Prompts are sorted by length inside the call so each
@@ -628,11 +656,11 @@ def generate_locked_batch(
             raise PrealignError(f"prompt {bad[0]} does not leave the sequence in AI mode")
     else:
         prompts = [build_prompt(tokenizer, t, scheme, bos=bos) for t in human_texts]
-    signals = _signals(guard) if lock else ()
+    signals = _signals(guard, model, tokenizer) if lock else ()
     num_beams = int(generate_kwargs.get("num_beams", 1) or 1)
     if int(generate_kwargs.get("num_return_sequences", 1) or 1) != 1:
         raise PrealignError("num_return_sequences must be 1; repeat a text in human_texts to sample it several times")
-    if num_beams > 1 and (signals or policy == "quarantine"):
+    if num_beams > 1 and (policy == "quarantine" or not all(getattr(s, "beam_safe", False) for s in signals)):
         raise PrealignError("beam search supports the lock with policy 'stop' and no guard; use sampling or greedy for the rest")
     user_procs = list(generate_kwargs.pop("logits_processor", None) or [])
     user_stops = list(generate_kwargs.pop("stopping_criteria", None) or [])
@@ -664,6 +692,9 @@ def generate_locked_batch(
                 stops.append(RowLengthCriteria(T0, lim, device))
             if step_callback is not None:
                 stops.append(_StepTap(step_callback, list(idx), T0, processor))
+            for sig in signals:  # per-row state starts afresh with each batch
+                if hasattr(sig, "reset"):
+                    sig.reset()
             with torch.inference_mode():
                 out = model.generate(
                     input_ids=input_ids,
@@ -678,6 +709,7 @@ def generate_locked_batch(
             seqs = out.sequences if hasattr(out, "sequences") else out
             gen = seqs[:, T0:].cpu().numpy()
             masses, codes = processor.history() if (processor is not None and processor.record) else (None, None)
+            readings = _guard_history(signals, len(idx)) if num_beams == 1 else None
             if lock and num_beams > 1:
                 masses = _teacher_forced_masses(model, mlock, input_ids, attention, seqs, T0)
                 codes = None if exit_threshold is None else (masses > exit_threshold).astype(np.int8)
@@ -689,6 +721,7 @@ def generate_locked_batch(
                     exit_codes=None if codes is None else codes[: len(g), r],
                     reasons=processor.reasons if processor is not None else (STOP_MODE_CONFUSION,),
                     policy=policy, locked=lock,
+                    guard_readings=None if readings is None else readings[: len(g), r],
                 )
                 results[i] = res
             if progress is not None:

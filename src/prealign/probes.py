@@ -993,6 +993,7 @@ class ProbeGuard:
     """
 
     reason = GUARD_REASON
+    beam_safe = True  # counters follow reordered rows (the lock allows it under beam search)
 
     def __init__(self, probe: Probe, tokenizer=None, tag_ids: Iterable[int] | None = None, threshold: float | None = None,
                  k: int | None = None, record: bool = True, backend: str = "auto"):
