@@ -154,3 +154,64 @@ def test_bounded_queue_answers_503_and_timeout_504(tok):
         assert 503 in codes and 200 in codes and set(codes) <= {200, 503, 504}
         r = httpx.post(h.url + "/chat/completions", json={**body, "max_tokens": 60}, timeout=30)
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+
+
+def test_streaming_never_shows_quarantined_text(tok):
+    machine = reference_machine(tok)
+    s = get_scheme("seed")
+    enter = machine.tag_ids[s.tags.index(s.enter_ai_tag())]
+    close = machine.tag_ids[s.tags.index(s.exit_ai_tag())]
+    said, human = tok.encode(" fine", add_special_tokens=False)[0], tok.encode(" money", add_special_tokens=False)[0]
+
+    def fn(ids):  # three AI tokens, the AI's closing tag, then human text forever
+        out = torch.zeros(ids.shape[0], len(tok))
+        for r, row in enumerate(ids.tolist()):
+            step = len(row) - 1 - row.index(enter)
+            out[r, said if step < 3 else close if step == 3 else human] = 50.0
+        return out
+
+    m = FakeLM(tiny_config(tok), fn).eval()
+    with run_in_thread((m, tok), config=ServeConfig(model_name="q")) as h:
+        c = openai.OpenAI(base_url=h.url, api_key="none", max_retries=0)
+        kw = dict(model="q", messages=[{"role": "user", "content": "hi"}], max_tokens=10, temperature=0,
+                  extra_body={"prealign": {"policy": "quarantine"}})
+        whole = c.chat.completions.create(**kw)
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw)
+                           if ch.choices)
+    ext = whole.model_extra["prealign"]
+    assert whole.choices[0].message.content == streamed == tok.decode([said] * 3)
+    assert ext["exits"] == ["ai_end"] and ext["segments"][-1]["quarantined"] and "money" in ext["segments"][-1]["text"]
+    assert "money" not in streamed
+
+
+def test_cli_serve_runs_a_real_server(tok, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from tests._lock_support import save_model_dir
+
+    model_dir = save_model_dir(tmp_path / "m", tiny_model(tok), tok)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "prealign.cli", "serve", "--model", str(model_dir), "--port", str(port),
+                             "--model-name", "cli", "--max-batch", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(url + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "prealign serve did not start"
+            time.sleep(0.3)
+        c = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        r = c.chat.completions.create(model="cli", messages=[{"role": "user", "content": "hello"}], max_tokens=4)
+        assert r.model_extra["prealign"]["locked"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
