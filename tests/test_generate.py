@@ -404,3 +404,42 @@ def test_model_vocab_larger_than_tokenizer(tok):
     m = tiny_model(tok, vocab_size=len(tok) + 17)
     res = generate_locked(m, tok, "hi", max_new_tokens=5, do_sample=True, top_k=0)
     check_result(res, reference_machine(tok), "stop", 5)
+
+
+@given(st.lists(st.integers(0, 12), max_size=25), st.sampled_from(["stop", "quarantine"]))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_annotate_segments_cover_exactly_the_generated_text(tok, picks, policy):
+    """Any id sequence (illegal tags included, as without the lock): segments are ordered,
+    disjoint, hold exactly the non-tag tokens up to the stop, and the stop reason matches."""
+    from prealign.generate import annotate
+
+    lock = ModeLock.for_tokenizer(tok, "seed")
+    machine = lock.machine
+    palette = list(machine.tag_ids) + [tok.eos_token_id] + [60 + i for i in range(8)]
+    gen = [palette[p] for p in picks]
+    prompt = build_prompt(tok, "hi", get_scheme("seed"))
+    res = annotate(lock, tok, prompt, gen, policy=policy)
+    ids = list(res.ids)
+    assert ids == gen[: len(ids)]
+    exit_tags = {tid for tid, t in zip(machine.tag_ids, machine.scheme.tags) if t.target in machine.scheme.exit_modes}
+    if res.stop_reason == STOP_EOS:
+        assert ids[-1] == tok.eos_token_id and tok.eos_token_id not in ids[:-1]
+    elif res.stop_reason == STOP_AI_END:
+        assert policy == "stop" and ids[-1] in exit_tags
+    else:
+        assert res.stop_reason == STOP_LENGTH and ids == gen
+    text_tokens = [i for i in ids if i not in machine.tag_ids and i != tok.eos_token_id]
+    covered = [i for seg in res.segments for i in ids[seg.start:seg.end] if i not in machine.tag_ids and i != tok.eos_token_id]
+    assert covered == text_tokens
+    assert all(a.end <= b.start for a, b in zip(res.segments, res.segments[1:]))
+    for seg in res.segments:
+        assert seg.text == tok.decode([i for i in ids[seg.start:seg.end] if i not in machine.tag_ids and i != tok.eos_token_id],
+                                      skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        assert reference_mode(machine, prompt + ids[: seg.start]) is seg.mode
+
+
+def test_beam_search_on_a_real_tiny_model(tok, model):
+    results = generate_locked_batch(model, tok, ["hello there", "the fox and the money"], num_beams=3, max_new_tokens=8,
+                                    do_sample=False)
+    for res in results:
+        check_result(res, reference_machine(tok), "stop", 8)
