@@ -27,6 +27,7 @@ HELP = (
     "/policy stop|quarantine   what a mode exit does\n"
     "/threshold X|off          mode-confusion exit threshold (masked illegal-tag mass)\n"
     "/nolock, /lock            generate without / with the lock (comparison)\n"
+    "/guard on|off|X           the probe guard (X: its P(human) threshold)\n"
     "/reset                    forget the conversation\n"
     "/history                  show the conversation so far\n"
     "/quit                     leave"
@@ -46,9 +47,15 @@ class ChatSession:
     temperature: float = 0.8
     top_k: int = 0
     history: list[tuple[str, list[int], LockedResult]] = field(default_factory=list)
+    guard: object = "auto"  # the probe guard (issue 12): "auto" / True / False / a path, or a ProbeGuard
 
     def __post_init__(self) -> None:
         self.scheme = resolve_scheme(self.tokenizer, (getattr(self.model, "prealign_meta", None) or {}).get("scheme"))
+        if not hasattr(self.guard, "reason"):  # resolve once: a ProbeGuard, or None
+            from prealign.probes import load_guard
+
+            self.guard = load_guard(self.model, self.tokenizer, self.guard)
+        self._guard_base = self.guard  # the calibrated guard that /guard on restores
         cfg = getattr(self.model, "config", None)
         self.context = int(getattr(cfg, "max_position_embeddings", 0) or 0) or 2048
 
@@ -69,7 +76,7 @@ class ChatSession:
                                                                    "top_k": self.top_k}
         res = generate_locked_batch(self.model, self.tokenizer, [text], prompt_ids=[prompt], policy=self.policy,
                                     exit_threshold=self.exit_threshold, lock=self.lock, scheme=self.scheme,
-                                    max_new_tokens=self.max_new_tokens, **gen)[0]
+                                    max_new_tokens=self.max_new_tokens, guard=self.guard, **gen)[0]
         # the history keeps only what the AI may be held to: its words up to any mode exit
         cut = next((s.start for s in res.segments if s.quarantined), len(res.ids))
         self.history.append((text, list(res.ids[:cut]), res))
@@ -108,6 +115,8 @@ class ChatSession:
         if cmd == "/lock":
             self.lock = True
             return "lock on"
+        if cmd == "/guard":
+            return self._guard_command(args)
         if cmd == "/reset":
             self.history.clear()
             return "conversation forgotten"
@@ -116,6 +125,31 @@ class ChatSession:
                 return "(no conversation yet)"
             return "\n".join(f"you: {h}\nAI:  {r.text}" for h, _, r in self.history)
         return f"unknown command {cmd}; /help lists them"
+
+    def _guard_command(self, args: list[str]) -> str:
+        from prealign.probes import ProbeGuard, load_guard
+
+        now = f"on (P(human) > {self.guard.threshold} for {self.guard.k} tokens)" if self.guard is not None else "off"
+        if len(args) != 1:
+            return f"usage: /guard on|off|X (now {now})"
+        if args[0] == "off":
+            self.guard = None
+            return "probe guard off"
+        try:
+            if self._guard_base is None:
+                self._guard_base = load_guard(self.model, self.tokenizer, True)
+            base = self._guard_base
+            if args[0] == "on":
+                self.guard = base
+            else:
+                try:
+                    v = float(args[0])
+                except ValueError:
+                    return f"not a number: {args[0]}"
+                self.guard = ProbeGuard(base.probe, self.tokenizer, threshold=v)
+        except PrealignError as e:
+            return str(e)
+        return f"probe guard on: P(human) > {self.guard.threshold} for {self.guard.k} consecutive tokens ends the reply"
 
 
 def render(result: LockedResult, scheme) -> "object":

@@ -908,10 +908,14 @@ class GenerateConfig:
     batch_size: int = 16
     seed: int = 0
     scheme: str | None = None
+    guard: str = "auto"  # the probe guard (issue 12): auto (when the model dir holds probe/), on, off, or a path
+    guard_threshold: float | None = None  # overrides the probe's calibrated threshold
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise PrealignError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.guard_threshold is not None and not 0.0 < self.guard_threshold < 1.0:
+            raise PrealignError(f"--guard-threshold must be in (0, 1), got {self.guard_threshold}")
         if self.exit_threshold is not None and not 0.0 <= self.exit_threshold <= 1.0:
             raise PrealignError(f"--exit-threshold must be in [0, 1], got {self.exit_threshold}")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.num_beams < 1:
@@ -935,7 +939,19 @@ def generate_texts(model, tokenizer, texts: Sequence[str], config: GenerateConfi
     torch.manual_seed(config.seed)
     return generate_locked_batch(model, tokenizer, list(texts), policy=config.policy, exit_threshold=config.exit_threshold,
                                  lock=config.lock, scheme=config.scheme, batch_size=config.batch_size,
-                                 max_new_tokens=config.max_new_tokens, progress=progress, **config.generate_kwargs())
+                                 max_new_tokens=config.max_new_tokens, progress=progress,
+                                 guard=config_guard(model, tokenizer, config.guard, config.guard_threshold) if config.lock else None,
+                                 **config.generate_kwargs())
+
+
+def config_guard(model, tokenizer, guard: str = "auto", threshold: float | None = None):
+    """The probe guard a `--guard auto|on|off|PATH` setting asks for (None when off, or when
+    auto finds no `probe/` in the model's directory). Issue 12."""
+    if guard == "off":
+        return None
+    from prealign.probes import load_guard
+
+    return load_guard(model, tokenizer, {"on": True, "auto": "auto"}.get(guard, guard), threshold=threshold)
 
 
 def generate_file(model_dir: str | Path, prompts_path: str | Path, out_path: str | Path,

@@ -64,8 +64,12 @@ class ServeConfig:
     max_tokens_limit: int = 1024  # largest max_tokens a request may ask
     default_max_tokens: int = 128
     max_prompt_tokens: int | None = None  # default: the model's context minus max_tokens
+    guard: str = "auto"  # the probe guard (issue 12): auto (on when the model dir holds probe/), on, off, or a path
+    guard_threshold: float | None = None  # default: the probe's calibrated threshold
 
     def __post_init__(self) -> None:
+        if self.guard_threshold is not None and not 0.0 < self.guard_threshold < 1.0:
+            raise PrealignError(f"--guard-threshold must be in (0, 1), got {self.guard_threshold}")
         if self.policy not in POLICIES:
             raise PrealignError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.exit_threshold is not None and not 0.0 <= self.exit_threshold <= 1.0:
@@ -103,6 +107,7 @@ class Job:
     on_step: Callable[[LockedResult], None] | None = None
     future: Future = field(default_factory=Future)
     cancelled: bool = False
+    guard_threshold: float | None = None  # the probe guard's threshold; None: no guard
 
 
 class BatchEngine:
@@ -111,6 +116,10 @@ class BatchEngine:
     def __init__(self, model, tokenizer, config: ServeConfig):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.scheme = resolve_scheme(tokenizer, None)
+        from prealign.generate import config_guard
+
+        guard = config_guard(model, tokenizer, config.guard, config.guard_threshold)
+        self.guard_probe = None if guard is None else guard.probe  # the server's probe guard (issue 12)
         self._pending: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -202,7 +211,7 @@ class BatchEngine:
             prompt_ids=[j.prompt_ids for j in batch],
             policy=first.policy, exit_threshold=first.exit_threshold, scheme=self.scheme,
             batch_size=len(batch), max_new_tokens=[j.max_tokens for j in batch],
-            step_callback=callback, **first.gen_kwargs,
+            step_callback=callback, guard=self._guard(first.guard_threshold), **first.gen_kwargs,
         )
         self.stats["batches"] += 1
         self.stats["rows"] += len(batch)
@@ -210,6 +219,14 @@ class BatchEngine:
         for job, res in zip(batch, results):
             if not job.future.done():
                 job.future.set_result(res)
+
+
+    def _guard(self, threshold: float | None):
+        if threshold is None or self.guard_probe is None:
+            return None
+        from prealign.probes import ProbeGuard
+
+        return ProbeGuard(self.guard_probe, self.tokenizer, threshold=threshold)
 
 
 # --- request parsing ------------------------------------------------------------------------------
@@ -225,7 +242,7 @@ _NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logpro
             "best_of": (1,), "suffix": ("",), "seed": (), "response_format": ({"type": "text"},),
             "tool_choice": ("none",), "parallel_tool_calls": (False, True), "function_call": ("none",),
             "metadata": ({},), "store": (False,)}
-PREALIGN_FIELDS = {"policy", "exit_threshold"}
+PREALIGN_FIELDS = {"policy", "exit_threshold", "guard", "guard_threshold"}
 
 
 def _number(body: dict, name: str, lo: float, hi: float, default: float, integer: bool = False) -> float:
@@ -289,6 +306,7 @@ class Request:
     gen_kwargs: dict
     policy: str
     exit_threshold: float | None
+    guard_threshold: float | None = None  # None: no probe guard for this request
 
 
 class Service:
@@ -354,12 +372,30 @@ class Service:
                            param="prealign.exit_threshold")
         gen = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": float(temperature),
                                                               "top_p": float(top_p), "top_k": 0}
-        return Request(texts, n, max_tokens, stream, include_usage, stop, gen, policy, None if thr is None else float(thr))
+        return Request(texts, n, max_tokens, stream, include_usage, stop, gen, policy, None if thr is None else float(thr),
+                       self._guard_threshold(ext))
+
+    def _guard_threshold(self, ext: dict) -> float | None:
+        """The probe guard's threshold for a request (None: off). On by default when the server
+        has a probe; `prealign.guard: false` turns it off, `prealign.guard_threshold` sets it."""
+        probe = self.engine.guard_probe
+        on = ext.get("guard", probe is not None)
+        if not isinstance(on, bool):
+            raise APIError(400, f"prealign.guard must be a boolean, got {on!r}", param="prealign.guard")
+        gt = ext.get("guard_threshold")
+        if gt is not None and (isinstance(gt, bool) or not isinstance(gt, (int, float)) or not 0 < gt < 1):
+            raise APIError(400, f"prealign.guard_threshold must be a number in (0, 1), got {gt!r}", param="prealign.guard_threshold")
+        if not on:
+            return None
+        if probe is None:
+            raise APIError(400, "this server has no probe guard (no probe/ in the model directory, or --guard off)",
+                           param="prealign.guard")
+        return float(gt) if gt is not None else float(self.config.guard_threshold or probe.threshold)
 
     def jobs(self, req: Request, on_step_for: Callable[[int], Callable | None] | None = None) -> list[Job]:
         out = []
         limit = self.config.max_prompt_tokens or (self.context - req.max_tokens)
-        key = (tuple(sorted(req.gen_kwargs.items())), req.policy, req.exit_threshold)
+        key = (tuple(sorted(req.gen_kwargs.items())), req.policy, req.exit_threshold, req.guard_threshold)
         for t, text in enumerate(req.texts):
             ids = build_prompt(self.tokenizer, text, self.scheme)
             if len(ids) > limit:
@@ -368,7 +404,7 @@ class Service:
             for _ in range(req.n):
                 k = len(out)
                 out.append(Job(ids, req.max_tokens, key, req.gen_kwargs, req.policy, req.exit_threshold,
-                               on_step=on_step_for(k) if on_step_for else None))
+                               on_step=on_step_for(k) if on_step_for else None, guard_threshold=req.guard_threshold))
         return out
 
 

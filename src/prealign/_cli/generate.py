@@ -20,6 +20,9 @@ POLICY_HELP = "what a mode exit does: stop (end the reply) or quarantine (go on,
 THRESHOLD_HELP = "mode-confusion exit: masked illegal-tag probability mass above which a step is a mode exit"
 
 
+GUARD_HELP = "probe guard (issue 12): auto (on when the model dir holds probe/), on, off, or a probe directory"
+
+
 def _threshold(value: float, no_exit: bool) -> Optional[float]:
     return None if no_exit else value
 
@@ -43,6 +46,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(16, "--batch-size"),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="print the full result (segments) as JSON"),
+        guard: str = typer.Option("auto", "--guard", help=GUARD_HELP),
+        guard_threshold: Optional[float] = typer.Option(None, "--guard-threshold", help="override the probe's P(human) threshold"),
     ) -> None:
         """Reply to untrusted human text under the lock."""
         from prealign.generate import GenerateConfig, generate_file, generate_texts, load_for_generation
@@ -51,7 +56,8 @@ def register(app: typer.Typer) -> None:
             raise PrealignError("give exactly one of --prompt TEXT or --prompts FILE.jsonl")
         config = GenerateConfig(policy=policy, exit_threshold=_threshold(exit_threshold, no_exit), lock=not no_lock,
                                 max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                num_beams=num_beams, batch_size=batch_size, seed=seed)
+                                num_beams=num_beams, batch_size=batch_size, seed=seed, guard=guard,
+                                guard_threshold=guard_threshold)
         if prompt is not None:
             m, tok = load_for_generation(model)
             res = generate_texts(m, tok, [prompt], config)[0]
@@ -83,6 +89,7 @@ def register(app: typer.Typer) -> None:
         no_exit: bool = typer.Option(False, "--no-exit", help="mask only"),
         max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
         temperature: float = typer.Option(0.8, "--temperature", help="0: greedy"),
+        guard: str = typer.Option("auto", "--guard", help=GUARD_HELP),
     ) -> None:
         """Chat with a locked model in the terminal (/help for commands)."""
         from rich.console import Console
@@ -94,7 +101,8 @@ def register(app: typer.Typer) -> None:
             raise PrealignError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         m, tok = load_for_generation(model)
         session = ChatSession(m, tok, policy=policy, exit_threshold=_threshold(exit_threshold, no_exit),
-                              max_new_tokens=max_new_tokens, temperature=temperature)
+                              max_new_tokens=max_new_tokens, temperature=temperature,
+                              guard={"on": True, "off": False}.get(guard, guard))
         console = Console(highlight=False)
         run_repl(session, read=console.input, write=console.print)
 
@@ -111,11 +119,13 @@ def register(app: typer.Typer) -> None:
         max_queue: int = typer.Option(256, "--max-queue", help="queued rows before answering 503"),
         timeout: float = typer.Option(120.0, "--timeout", help="seconds before a request answers 504"),
         max_tokens_limit: int = typer.Option(1024, "--max-tokens-limit", help="largest max_tokens a request may ask"),
+        guard: str = typer.Option("auto", "--guard", help=GUARD_HELP),
+        guard_threshold: Optional[float] = typer.Option(None, "--guard-threshold", help="override the probe's P(human) threshold"),
     ) -> None:
         """OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models), always locked."""
         from prealign.serve import ServeConfig, serve
 
         config = ServeConfig(model_name=model_name, policy=policy, exit_threshold=_threshold(exit_threshold, no_exit),
                              max_batch=max_batch, max_queue=max_queue, request_timeout_s=timeout,
-                             max_tokens_limit=max_tokens_limit)
+                             max_tokens_limit=max_tokens_limit, guard=guard, guard_threshold=guard_threshold)
         serve(model, host=host, port=port, config=config)
