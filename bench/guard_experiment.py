@@ -56,7 +56,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from prealign import world
     from prealign.probes import PROBE_DIR, Probe, ProbeConfig, ProbeGuard, calibrate_and_save, first_fire, guard_readings
@@ -76,7 +79,7 @@ def main() -> None:
         t0 = time.time()
         train(TrainConfig(data=str(data), out=str(mdir), tokenizer=str(tokdir), preset="tiny", variant="tagged", scheme="seed",
                           max_tokens=args.tokens, max_minutes=args.minutes, seed=args.seed, resume=True, progress=False,
-                          device=args.device))
+                          device=args.device, threads=args.threads))
         log(f"trained in {time.time() - t0:.0f}s")
     if not (mdir / PROBE_DIR / "probe.json").exists():
         log(f"probe: calibrate on {args.calib_docs} calib-split documents")

@@ -512,3 +512,13 @@ def test_generate_locked_batch_allows_the_guard_under_beam_search(tok, direction
     assert len(res) == 2
     with pytest.raises(PrealignError):
         generate_locked_batch(model, tok, ["hello"], guard=guard, policy="quarantine", max_new_tokens=4, num_beams=2)
+
+
+def test_guard_for_loads_the_saved_probe(tok, trained, tmp_path):
+    from prealign.probes import guard_for
+
+    model, probe, d = trained
+    g = guard_for(d, calibrate=False)
+    assert g.reason == GUARD_REASON and np.array_equal(g.probe.weight, probe.weight)
+    empty = save_model_dir(tmp_path / "m", model, tok)
+    _one_line_error(lambda: guard_for(empty, calibrate=False), "no probe")

@@ -1210,13 +1210,17 @@ def load_guard(model, tokenizer, guard: Any = True, threshold: float | None = No
     return ProbeGuard(probe, tokenizer, threshold=threshold, k=k)
 
 
-def guard_for(model_dir: str | os.PathLike) -> ProbeGuard:
-    """The experiment's hook (`Row("tagged+guard", ..., guard=guard_for)`): the guard of the probe
-    saved in `model_dir`, not yet attached (generate_locked_batch attaches it)."""
+def guard_for(model_dir: str | os.PathLike, calibrate: bool = True, config: ProbeConfig | None = None) -> ProbeGuard:
+    """The experiment's hook (`Row("tagged+guard", "tagged", "lock", guard=guard_for)`): the guard
+    of the probe saved in `model_dir`, not yet attached (generate_locked_batch attaches it).
+    Without a probe there, `calibrate=True` first runs `calibrate_and_save(model_dir, None,
+    config)` (the world's calib split; saved, so a rerun reuses it), else it is an error."""
     from prealign.tokenizer import load_tokenizer
     from prealign.train import model_meta
 
     d = Path(model_dir)
+    if calibrate and not has_probe(d):
+        calibrate_and_save(d, None, config, progress=False)
     probe = Probe.load(d)
     tok = load_tokenizer(d, scheme=model_meta(d).get("scheme"))
     probe.check_scheme(tok, where=str(d))
