@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -203,10 +203,6 @@ class ModeLock:
             force_eos[:, machine.eos_id] = 0.0
         self.bias = torch.cat([bias, force_eos])  # [2S, V]
         self.bias_quarantine = torch.cat([bias_q, bias_q])  # quarantine never forces EOS
-        eos_only = torch.full((machine.vocab_size,), float("-inf"), device=dev)
-        if machine.eos_id is not None:
-            eos_only[machine.eos_id] = 0.0
-        self.eos_only = eos_only
         self._pos_cache = torch.zeros(0, dtype=torch.long, device=dev)
 
     # --- construction -------------------------------------------------------------------------
@@ -878,16 +874,6 @@ def load_for_generation(model_dir: str | Path):
     model.eval()
     return model, load_tokenizer(model_dir)
 
-
-def iter_chunks(items: Iterable, n: int):
-    buf = []
-    for x in items:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
 
 
 # --- files in, files out (`prealign generate --prompts`) -------------------------------------------

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -645,7 +645,3 @@ def run_in_thread(model: Any, host: str = "127.0.0.1", port: int = 0, config: Se
             raise PrealignError(f"the server on {host}:{real_port} did not start")
         time.sleep(0.02)
     return ServerHandle(f"http://{host}:{real_port}/v1", host, real_port, app, server, thread)
-
-
-def with_overrides(config: ServeConfig, **kw) -> ServeConfig:
-    return replace(config, **{k: v for k, v in kw.items() if v is not None})
