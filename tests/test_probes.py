@@ -522,3 +522,17 @@ def test_guard_for_loads_the_saved_probe(tok, trained, tmp_path):
     assert g.reason == GUARD_REASON and np.array_equal(g.probe.weight, probe.weight)
     empty = save_model_dir(tmp_path / "m", model, tok)
     _one_line_error(lambda: guard_for(empty, calibrate=False), "no probe")
+
+
+def test_attach_and_detach_leave_the_model_as_it_was(tok, direction_model):
+    model, H, A = direction_model
+    module = layer_modules(model)[0][1]
+    guard = ProbeGuard(direction_probe(model), tok)
+    before = [r.ids for r in scripted(model, tok, [[A[0], A[1], H[0]]], None)]
+    scripted(model, tok, [[A[0], A[1], H[0]]], guard)
+    assert "forward" not in module.__dict__ and guard._hook is None
+    guard.attach(model)
+    guard.attach(model)  # re-attaching replaces, never stacks
+    guard.detach()
+    assert "forward" not in module.__dict__
+    assert [r.ids for r in scripted(model, tok, [[A[0], A[1], H[0]]], None)] == before

@@ -1041,16 +1041,27 @@ class ProbeGuard:
         self._W, self._b, self._g = self._W.to(dev), self._b.to(dev), self._g.to(dev)
         self._np = None
         module = layer_modules(model)[self.probe.layer][1]
+        # Wrap the module's forward rather than registering a forward hook: any hook sends
+        # every call of that module down PyTorch's slow hook path, which costs more than the
+        # guard's own arithmetic on a small model.
+        inner = module.forward
 
-        def hook(mod, args, output):
-            self._hidden = _first(output)[:, -1].detach()
+        def forward(*args, **kwargs):
+            out = inner(*args, **kwargs)
+            self._hidden = _first(out)[:, -1].detach()
+            return out
 
-        self._hook = module.register_forward_hook(hook)
+        self._hook = (module, module.__dict__.get("forward"))
+        module.forward = forward
         return self
 
     def detach(self) -> None:
         if self._hook is not None:
-            self._hook.remove()
+            module, own = self._hook
+            if own is None:
+                module.__dict__.pop("forward", None)  # back to the class's forward
+            else:
+                module.forward = own
         self._hook = None
         self._hidden = None
 
