@@ -215,3 +215,16 @@ def test_cli_serve_runs_a_real_server(tok, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_stop_strings_and_n_with_streaming(client):
+    r = client.completions.create(model="tiny", prompt="one", max_tokens=12, temperature=0)
+    text = r.choices[0].text
+    if len(text) > 3:
+        cut = text[2:4]
+        s = client.completions.create(model="tiny", prompt="one", max_tokens=12, temperature=0, stop=[cut])
+        assert s.choices[0].text == text[: text.index(cut)] and s.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                                 n=3, stream=True))
+    finished = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert finished == [0, 1, 2]

@@ -99,6 +99,10 @@ def register(app: typer.Typer) -> None:
 
         if policy not in POLICIES:
             raise PrealignError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        try:  # line editing and ↑ history at the prompt, where the platform has it
+            import readline  # noqa: F401
+        except ImportError:
+            pass
         m, tok = load_for_generation(model)
         session = ChatSession(m, tok, policy=policy, exit_threshold=_threshold(exit_threshold, no_exit),
                               max_new_tokens=max_new_tokens, temperature=temperature,
