@@ -41,9 +41,10 @@ hidden layer sees that drift. Three parts:
    per-layer metrics, the calibration table, a checksum of the weights). Loading validates
    everything and fails with one line naming the file and what is wrong.
 3. **The guard** (`ProbeGuard`): an exit signal for the lock (`prealign.generate.ExitSignal`). A
-   forward hook keeps the chosen layer's output for each row's last token; at each step the guard
-   computes P(guard modes) (the scheme's exit modes: human) for the whole batch with one small
-   matmul, keeps per-row run counters as tensors (tags reset them; no Python loop over rows),
+   wrapper around the chosen layer's forward keeps its output for each row's last token; at each
+   step the guard computes P(guard modes) (the scheme's exit modes: human) for the whole batch
+   with one small matmul, keeps per-row run counters as arrays (tags reset them; no Python loop
+   over rows),
    and fires for rows whose run of readings above the threshold reaches k (stop reason
    `probe_guard`). Counters are matched to the rows by their ids, so beam search (which reorders
    rows every step) carries them with their beams.
@@ -977,7 +978,7 @@ class ProbeGuard:
     """The probe guard as an exit signal for the lock (`LockProcessor(signals=[guard])` or
     `generate_locked_batch(guard=guard)`).
 
-    `attach(model)` registers a forward hook on the probe's layer; each call then reads the
+    `attach(model)` wraps the forward of the probe's layer; each call then reads the
     latest hidden state of every row's last token, P(guard modes) = softmax(h W^T + b)[guard].
     A row's run counter grows while the reading is > `threshold` and resets otherwise, and on
     tag tokens (the grammar fixes the mode there) and BOS; the guard fires for rows whose run
@@ -1101,7 +1102,7 @@ class ProbeGuard:
             self._np = (self._W.cpu().numpy(), self._b.cpu().numpy(), self._g.cpu().numpy().astype(bool),
                         (~self._resets).cpu().numpy().astype(np.float32))
         W, b, g, keep = self._np
-        run, peak = self._carry(ids, np)
+        run, peak = self._carry(ids)
         z = hn @ W
         z += b
         z -= z.max(1, keepdims=True)
@@ -1139,7 +1140,7 @@ class ProbeGuard:
             self.readings.append(p)
         return run >= self.k
 
-    def _carry(self, ids, xp=np):
+    def _carry(self, ids):
         """Run counters and peaks aligned to the rows of `ids` (NumPy, the CPU path)."""
         B, T = ids.shape
         prev = self._prev
