@@ -177,6 +177,7 @@ class ModeLock:
         is_tag = self.token_target >= 0
         trans[:, is_tag] = self.token_target[is_tag]
         self.trans = trans  # [S, V]
+        self.token_target_np = self.token_target.cpu().numpy()  # for `annotate`
         self.n_states = S
         # one blocked-row per state: the lock's mask
         self.blocked = torch.as_tensor(~machine.allowed, device=dev)  # [S, V] bool
@@ -418,17 +419,19 @@ def annotate(
     policy: str = "stop",
     locked: bool = True,
     guard_readings: Sequence[float] | None = None,
+    start_state: int | None = None,
 ) -> LockedResult:
     """Turn one row's generated ids into a `LockedResult`.
 
+    `start_state` (the state after the prompt) skips recomputing it, e.g. when streaming.
     `masses[t]` / `exit_codes[t]` are what the processor measured at the step that produced
     token t (absent: 0); `guard_readings[t]` the probe guard's reading at that step. Illegal tags (possible only without the mask) are read leniently: the
     mode becomes the tag's target, as the lock itself derives modes.
     """
     scheme, m = lock.scheme, lock.machine
     eos = lock.eos_id
-    state = lock.state_after(prompt_ids)
-    token_target = lock.token_target.cpu().numpy()
+    state = lock.state_after(prompt_ids) if start_state is None else start_state
+    token_target = lock.token_target_np
     exit_ai = scheme.exit_ai_tag()
     exit_ai_id = m.tag_ids[scheme.tags.index(exit_ai)]
     segments: list[Segment] = []

@@ -189,18 +189,21 @@ class BatchEngine:
 
             lock = ModeLock.for_tokenizer(self.tokenizer, self.scheme, vocab_size=model_vocab_size(self.model))
 
+            starts = {i: lock.state_after(batch[i].prompt_ids) for i, s in enumerate(streaming) if s}
+
             def callback(indices, gen, processor):
-                masses = codes = None
-                if processor is not None and processor.masses:
-                    masses, codes = processor.history()
+                # Streamed text needs only the exits (a quarantine hides what follows); the masses
+                # arrive with the final chunk. Under `stop` an exit ends the row, so no codes at all.
+                codes = None
+                if first.policy == "quarantine" and processor is not None and processor.masses:
+                    codes = processor.history()[1]
                 rows = gen.cpu().numpy()
                 for r, i in enumerate(indices):
                     job = batch[i]
                     if job.on_step is None or job.cancelled:
                         continue
-                    g = [int(x) for x in rows[r][: job.max_tokens]]
-                    res = annotate(lock, self.tokenizer, job.prompt_ids, g,
-                                   masses=None if masses is None else masses[: len(g), r],
+                    g = rows[r][: job.max_tokens].tolist()
+                    res = annotate(lock, self.tokenizer, job.prompt_ids, g, start_state=starts[i],
                                    exit_codes=None if codes is None else codes[: len(g), r],
                                    reasons=processor.reasons if processor is not None else ("mode_confusion",),
                                    policy=job.policy)
