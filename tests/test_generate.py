@@ -443,3 +443,23 @@ def test_beam_search_on_a_real_tiny_model(tok, model):
                                     do_sample=False)
     for res in results:
         check_result(res, reference_machine(tok), "stop", 8)
+
+
+def test_infinite_logits_on_illegal_tags_are_still_blocked(tok):
+    machine = reference_machine(tok)
+    s = machine.scheme
+
+    def fn(ids):  # +inf on every illegal tag, like an overflowing fp16 head
+        out = torch.zeros(ids.shape[0], len(tok))
+        for r, row in enumerate(ids.tolist()):
+            mode = reference_mode(machine, row)
+            for tid, t in zip(machine.tag_ids, s.tags):
+                if t.source is not mode:
+                    out[r, tid] = float("inf")
+        return out
+
+    m = fake(tok, fn)
+    off = generate_locked(m, tok, "hi", max_new_tokens=5, exit_threshold=None)
+    check_result(off, machine, "stop", 5)  # the mask holds; no NaN reached the sampler
+    on = generate_locked(m, tok, "hi", max_new_tokens=5)
+    assert on.stop_reason == STOP_MODE_CONFUSION and len(on.ids) == 1  # a broken distribution exits at once

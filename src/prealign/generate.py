@@ -196,14 +196,18 @@ class ModeLock:
         # tag index + 1 -> True when the tag enters an exit mode (the stop criteria's table)
         self.tag1_enters_exit = torch.tensor([False] + [machine.state_of(t.target) in exit_states for t in scheme.tags], device=dev)
         # the mask as additive rows (0 allowed, -inf blocked): one gather and one add per step
-        # rows S..2S-1 force EOS (a mode exit under `stop`): row = state + S * exiting
-        bias = torch.zeros(self.blocked.shape, device=dev).masked_fill_(self.blocked, float("-inf"))
-        bias_q = torch.zeros(blocked_q.shape, device=dev).masked_fill_(blocked_q, float("-inf"))
-        force_eos = torch.full((S, machine.vocab_size), float("-inf"), device=dev)
+        # The mask as caps: out = minimum(scores, cap[row]), cap +inf where allowed and -inf where
+        # blocked, so even a +inf logit on an illegal tag becomes -inf (an additive -inf would give
+        # NaN), at the cost of an add. Rows S..2S-1 force EOS (a mode exit under `stop`):
+        # row = state + S * exiting.
+        inf = float("inf")
+        cap = torch.full(self.blocked.shape, inf, device=dev).masked_fill_(self.blocked, -inf)
+        cap_q = torch.full(blocked_q.shape, inf, device=dev).masked_fill_(blocked_q, -inf)
+        force_eos = torch.full((S, machine.vocab_size), -inf, device=dev)
         if machine.eos_id is not None:
-            force_eos[:, machine.eos_id] = 0.0
-        self.bias = torch.cat([bias, force_eos])  # [2S, V]
-        self.bias_quarantine = torch.cat([bias_q, bias_q])  # quarantine never forces EOS
+            force_eos[:, machine.eos_id] = inf
+        self.cap = torch.cat([cap, force_eos])  # [2S, V]
+        self.cap_quarantine = torch.cat([cap_q, cap_q])  # quarantine never forces EOS
         self._pos_cache = torch.zeros(0, dtype=torch.long, device=dev)
 
     # --- construction -------------------------------------------------------------------------
@@ -317,8 +321,8 @@ class LockProcessor(LogitsProcessor):
         self.incremental = incremental
         self.record = record
         self.reasons = (STOP_MODE_CONFUSION,) + tuple(s.reason for s in self.signals)
-        self._bias = lock.bias_quarantine if policy == "quarantine" else lock.bias
-        self._bias_nomask = torch.cat([torch.zeros_like(lock.bias[: lock.n_states]), lock.bias[lock.n_states:]])
+        self._cap = lock.cap_quarantine if policy == "quarantine" else lock.cap
+        self._cap_nomask = torch.cat([torch.full_like(lock.cap[: lock.n_states], float("inf")), lock.cap[lock.n_states:]])
         self.reset()
 
     def reset(self) -> None:
@@ -345,6 +349,7 @@ class LockProcessor(LogitsProcessor):
         # masked illegal-tag mass: one fused softmax, then a dot product over the few tag columns
         probs = torch.softmax(scores, dim=-1)
         mass = torch.linalg.vecdot(probs.index_select(1, lock.tag_ids), lock.illegal_tag_f[state])
+        mass = mass.nan_to_num_(nan=1.0)  # a broken distribution (inf/NaN logits) counts as an exit
         code = None
         if self.exit_threshold is not None:
             code = mass > self.exit_threshold  # bool; int8 codes only when signals are present
@@ -354,12 +359,12 @@ class LockProcessor(LogitsProcessor):
                 raise PrealignError(f"exit signal {signal.reason!r} returned shape {tuple(fired.shape)}, expected {tuple(mass.shape)}")
             base = code.to(torch.int8) if code is not None else torch.zeros_like(mass, dtype=torch.int8)
             code = torch.where(fired & (base == 0), torch.tensor(k, dtype=torch.int8, device=base.device), base)
-        # the mask: one precomputed additive row per (state, exiting) pair, gathered and added;
+        # the mask: one precomputed cap row per (state, exiting) pair, gathered, then a minimum;
         # a row exiting under `stop` gets the row that leaves only EOS
         if self.mask or (code is not None and self.policy == "stop"):
             row = state if code is None or self.policy != "stop" else torch.add(state, code > 0 if code.dtype != torch.bool else code, alpha=lock.n_states)
-            bias = (self._bias if self.mask else self._bias_nomask).index_select(0, row)
-            out = scores + (bias if V == lock.vocab_size else bias[:, :V])
+            cap = (self._cap if self.mask else self._cap_nomask).index_select(0, row)
+            out = torch.minimum(scores, cap if V == lock.vocab_size else cap[:, :V])
         else:
             out = scores.clone()
         if self.record:
