@@ -349,10 +349,10 @@ class LockProcessor(LogitsProcessor):
         # masked illegal-tag mass: one fused softmax, then a dot product over the few tag columns
         probs = torch.softmax(scores, dim=-1)
         mass = torch.linalg.vecdot(probs.index_select(1, lock.tag_ids), lock.illegal_tag_f[state])
-        mass = mass.nan_to_num_(nan=1.0)  # a broken distribution (inf/NaN logits) counts as an exit
         code = None
         if self.exit_threshold is not None:
-            code = mass > self.exit_threshold  # bool; int8 codes only when signals are present
+            # "not ≤" rather than ">": a NaN mass (inf/NaN logits: a broken distribution) exits too
+            code = ~(mass <= self.exit_threshold)  # bool; int8 codes only when signals are present
         for k, signal in enumerate(self.signals, start=2):
             fired = signal(input_ids, scores).to(device=scores.device, dtype=torch.bool)
             if fired.shape != mass.shape:
@@ -376,7 +376,7 @@ class LockProcessor(LogitsProcessor):
         """Recorded `(masses [steps, B] float32, exit_codes [steps, B] int8)`."""
         if not self.masses:
             return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int8)
-        masses = torch.stack(self.masses).float().cpu().numpy()
+        masses = np.nan_to_num(torch.stack(self.masses).float().cpu().numpy(), nan=1.0)  # NaN: broken logits
         if self.exit_codes[0] is None:
             return masses, np.zeros(masses.shape, np.int8)
         return masses, torch.stack([c.to(torch.int8) for c in self.exit_codes]).cpu().numpy()
