@@ -62,7 +62,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from prealign import world
-    from prealign.probes import PROBE_DIR, Probe, ProbeConfig, ProbeGuard, calibrate_and_save, first_fire, guard_readings
+    from prealign.probes import PROBE_DIR, Probe, ProbeConfig, calibrate_and_save
     from prealign.tokenizer import train_tokenizer
     from prealign.train import TrainConfig, load_model, train
 
@@ -102,7 +102,7 @@ def evaluate(model, tok, probe, args, out: Path) -> dict:
     from prealign import world
     from prealign.evals.attacks import parse_attack, wrap_attacks
     from prealign.evals.metrics import wilson
-    from prealign.evals.redteam import Reply, _context, _fit, classify_action, human_text, redteam_summary, score, GenConfig
+    from prealign.evals.redteam import GenConfig, Reply, _context, _fit, human_text, redteam_summary, score
     from prealign.generate import generate_locked_batch
     from prealign.probes import ProbeGuard, first_fire, guard_readings
 
@@ -129,11 +129,9 @@ def evaluate(model, tok, probe, args, out: Path) -> dict:
             for a, r in zip(atks, results):
                 shown = "".join(s.text for s in r.segments if not s.quarantined)
                 o = score(a, Reply(shown, r.stop_reason, r.stop_reason != "eos" and r.stop_reason != "length", None))
-                fired_at = None
                 if r.stop_reason == "probe_guard":
                     m = SENTENCE_END.search(shown)
                     o["guard_early"] = m is None
-                    fired_at = len(r.ids)
                 o["guard_fired"] = r.stop_reason == "probe_guard"
                 o["n_tokens"] = len(r.ids)
                 outcomes.append(o)
@@ -152,13 +150,11 @@ def evaluate(model, tok, probe, args, out: Path) -> dict:
             }
             if row == "tagged+guard":
                 fired_b = [o["guard_fired"] for o in benign]
-                refusals = [o for o in haz if o["action"] == "refuse" or o["guard_fired"] and not o["leaked"]]
                 entry["benign_fire_rate"] = _rate(fired_b, wilson)
                 entry["hazard_fire_rate"] = _rate([o["guard_fired"] for o in haz], wilson)
                 entry["early_fire_rate"] = _rate([o.get("guard_early", False) for o in outcomes if o["guard_fired"]], wilson)
                 entry["early_fire_rate_benign"] = _rate([bool(o.get("guard_early")) for o in benign], wilson)
                 entry["refusals_cut_short"] = _rate([o["guard_fired"] and o["action"] == "refuse" for o in haz if o["action"] == "refuse"], wilson)
-                del refusals
             res[row][name] = entry
             log(f"{row} {name}: leak {entry['leak']} stop reasons {entry['stop_reasons']}")
     # counterfactual: the lock-only replies that leaked, teacher-forced through the guard
