@@ -64,9 +64,11 @@ class ExitSignal(Protocol):
     `__call__(input_ids [B, T], scores [B, V]) -> BoolTensor[B]`: rows that must exit now.
     `reason`: the stop reason recorded for them (e.g. "probe_guard").
     Optional methods, called by `generate_locked_batch` around `model.generate`:
-    `attach(model)` (e.g. register a forward hook to read hidden states) and `detach()`.
+    `attach(model)` (e.g. register a forward hook to read hidden states) and `detach()`;
+    `reset()` before each batch; `history()` -> per-step readings [steps, B] (Segment.max_guard).
     Signals see rows in the order `generate` passes them; under beam search rows are reordered
-    every step, so a signal that keeps per-row state must derive it from `input_ids`.
+    every step, so a signal that keeps per-row state must derive it from `input_ids`, and says
+    so with `beam_safe = True` (beam search refuses signals without it).
     """
 
     reason: str
