@@ -463,3 +463,12 @@ def test_infinite_logits_on_illegal_tags_are_still_blocked(tok):
     check_result(off, machine, "stop", 5)  # the mask holds; no NaN reached the sampler
     on = generate_locked(m, tok, "hi", max_new_tokens=5)
     assert on.stop_reason == STOP_MODE_CONFUSION and len(on.ids) == 1  # a broken distribution exits at once
+
+
+def test_exit_under_stop_survives_a_processor_that_blocked_eos(tok):
+    """min_new_tokens sets EOS to -inf before the lock runs; an exiting row must still end on EOS
+    (it became all -inf and sampling crashed before)."""
+    m = fake(tok, adversary(tok, "seed", {"illegal": 30.0}))
+    torch.manual_seed(0)
+    res = generate_locked(m, tok, "hello", max_new_tokens=10, min_new_tokens=5, do_sample=True, top_k=0)
+    assert res.stop_reason == STOP_MODE_CONFUSION

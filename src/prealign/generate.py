@@ -325,6 +325,9 @@ class LockProcessor(LogitsProcessor):
         self.reasons = (STOP_MODE_CONFUSION,) + tuple(s.reason for s in self.signals)
         self._cap = lock.cap_quarantine if policy == "quarantine" else lock.cap
         self._cap_nomask = torch.cat([torch.full_like(lock.cap[: lock.n_states], float("inf")), lock.cap[lock.n_states:]])
+        self._eos_only = torch.full((lock.vocab_size,), float("-inf"), device=lock.cap.device)
+        if lock.machine.eos_id is not None:
+            self._eos_only[lock.machine.eos_id] = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -363,10 +366,17 @@ class LockProcessor(LogitsProcessor):
             code = torch.where(fired & (base == 0), torch.tensor(k, dtype=torch.int8, device=base.device), base)
         # the mask: one precomputed cap row per (state, exiting) pair, gathered, then a minimum;
         # a row exiting under `stop` gets the row that leaves only EOS
-        if self.mask or (code is not None and self.policy == "stop"):
-            row = state if code is None or self.policy != "stop" else torch.add(state, code > 0 if code.dtype != torch.bool else code, alpha=lock.n_states)
+        exiting = None
+        if code is not None and self.policy == "stop":
+            exiting = code > 0 if code.dtype != torch.bool else code
+        if self.mask or exiting is not None:
+            row = state if exiting is None else torch.add(state, exiting, alpha=lock.n_states)
             cap = (self._cap if self.mask else self._cap_nomask).index_select(0, row)
             out = torch.minimum(scores, cap if V == lock.vocab_size else cap[:, :V])
+            if exiting is not None and lock.machine.eos_id is not None:
+                # An exiting row becomes EOS-only outright: a processor that ran earlier (e.g.
+                # min_new_tokens) may have set EOS to -inf, and a row of -inf cannot be sampled.
+                out = torch.where(exiting[:, None], self._eos_only[:V], out)
         else:
             out = scores.clone()
         if self.record:
