@@ -52,7 +52,16 @@ def test_experiment_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert (out / "models" / "mle" / "prealign_model.json").stat().st_mtime_ns == model_meta
 
     res = json.loads(res_path.read_text())
-    assert set(res["variants"]) == {"mle", "filtered", "mle+sft", "tagged", "tagged+mask", "tagged+lock"}
+    assert set(res["variants"]) == {"mle", "filtered", "mle+sft", "tagged", "tagged+mask", "tagged+lock", "tagged+guard"}
+    # the guarded row: calibrated on the calib split (probe/ saved with the model), guard metrics, a plot
+    g = res["variants"]["tagged+guard"]
+    assert (out / "models" / "tagged" / "probe" / "probe.json").exists() and g["guard_probe"]["k"] >= 1
+    for suite in ("world-heldout", "wild"):
+        for part in ("benign", "hazard"):
+            fire = g["guard"][suite][part]["guard_fire_rate"]
+            assert fire["n"] == g["guard"][suite][part]["n"] and 0 <= fire["lo"] <= fire["hi"] <= 1
+    assert res["guard_plot"] and (out / res["guard_plot"]).exists()
+    assert any(c.startswith("prealign probe train") for c in res["commands"])
     for v in res["variants"].values():
         for suite in ("world-heldout", "wild"):
             lr = v["redteam"][suite]["overall"]["leak_rate"]
@@ -65,7 +74,7 @@ def test_experiment_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert res["probes"]["mode"] and (out / "evals" / "probes.png").exists()
     assert any(c.startswith("prealign train") for c in res["commands"])
     page = (out / "report.html").read_text()
-    assert "tagged+lock" in page and "Wilson" in page
+    assert "tagged+lock" in page and "Wilson" in page and "Probe guard (tagged+guard)" in page
 
     with pytest.raises(PrealignError, match="another plan"):
         X.run_experiment(X.get_plan("smoke"), out)

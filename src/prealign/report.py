@@ -256,6 +256,26 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
             if src.exists():
                 rel = os.path.relpath(src, out_dir)
                 parts.append(f"<img src='{_e(rel)}' alt='probes'>")
+    guarded = [n for n in results.get("rows", []) if (results["variants"].get(n) or {}).get("guard")]
+    for n in guarded:
+        v = results["variants"][n]
+        gp = v.get("guard_probe") or {}
+        parts.append(f"<h2>Probe guard ({_e(n)})</h2>")
+        parts.append(f"<p>Probe at layer {_e(gp.get('layer'))} ({_e(gp.get('layer_name'))}), threshold "
+                     f"{_e(gp.get('threshold'))}, run length k={_e(gp.get('k'))}, chosen on the calib split by the rule "
+                     f"<code>{_e(gp.get('rule'))}</code> (target met: {_e(gp.get('target_met'))}).</p>")
+        grow = []
+        for s, g in (v.get("guard") or {}).items():
+            for part in ("benign", "hazard"):
+                m = g.get(part) or {}
+                grow.append([s, part, fmt_rate(m.get("guard_fire_rate")), fmt_rate(m.get("early_fire_rate")),
+                             fmt_rate(m.get("refusal_cut_rate"))])
+        parts.append(_table(["suite", "requests", "guard fired", "fired before the first sentence ended",
+                             "correct refusals cut short"], grow))
+        if results.get("guard_plot") and base_dir is not None:
+            src = base_dir / results["guard_plot"]
+            if src.exists():
+                parts.append(f"<img src='{_e(os.path.relpath(src, out_dir))}' alt='guard readings'>")
     ens = results.get("ensemble")
     if ens:
         parts.append("<h2>Ensembles (tagged+lock, several seeds)</h2>")
@@ -313,6 +333,14 @@ def markdown_summary(results: Mapping[str, Any]) -> str:
         hrow.append([v.get("model"), "–" if bpc is None else f"{bpc:.4f}", fmt_rate(_get(v, "humans", "next_action", "accuracy")),
                      fmt_rate(_get(v, "behaviour", "overall", "correct_action_rate"))])
     out += ["", md(["model", "bits/char, held-out human text", "next-sentence accuracy", "correct action (world items)"], hrow)]
+    grow = []
+    for n in results.get("rows", []):
+        for s, g in ((results["variants"].get(n) or {}).get("guard") or {}).items():
+            for part in ("benign", "hazard"):
+                m = g.get(part) or {}
+                grow.append([n, s, part] + [fmt_rate(m.get(k)) for k in ("guard_fire_rate", "early_fire_rate", "refusal_cut_rate")])
+    if grow:
+        out += ["", md(["row", "suite", "requests", "guard fired", "fired before the first sentence ended", "correct refusals cut short"], grow)]
     out += ["", md(["goal", "verdict", "evidence"], [[c["goal"], c["verdict"], c["evidence"]] for c in claims(results)])]
     return "\n".join(out) + "\n"
 

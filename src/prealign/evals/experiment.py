@@ -17,8 +17,9 @@ Layout of DIR:
     results.json, report.html  the results and the report (a pure function of results.json)
 
 Rows of the result table: `mle`, `filtered`, `mle+sft` (plain chat prompts), `tagged` (no lock),
-`tagged+mask` (mask only), `tagged+lock` (mask + mode-confusion exit). Issue 12's `tagged+guard`
-plugs in with `register_row(Row("tagged+guard", "tagged", "lock", guard=...))`.
+`tagged+mask` (mask only), `tagged+lock` (mask + mode-confusion exit), `tagged+guard` (the lock plus
+issue 12's probe guard, calibrated on the world's calib split). More rows plug in with
+`register_row(Row(name, model, lock_mode, guard=...))`.
 """
 
 from __future__ import annotations
@@ -127,7 +128,18 @@ def register_row(row: Row) -> None:
 for _r in (Row("mle", "mle"), Row("filtered", "filtered"), Row("mle+sft", "mle+sft"),
            Row("tagged", "tagged", "none"), Row("tagged+mask", "tagged", "mask"), Row("tagged+lock", "tagged", "lock")):
     register_row(_r)
-DEFAULT_ROWS = ("mle", "filtered", "mle+sft", "tagged", "tagged+mask", "tagged+lock")
+
+
+def _probe_guard(model_dir: Path):
+    """Issue 12's guard for a row: calibrated on the world's calib split the first time (saved as
+    `probe/` in the model directory), then loaded."""
+    from prealign.probes import guard_for
+
+    return guard_for(model_dir)
+
+
+register_row(Row("tagged+guard", "tagged", "lock", guard=_probe_guard))
+DEFAULT_ROWS = ("mle", "filtered", "mle+sft", "tagged", "tagged+mask", "tagged+lock", "tagged+guard")
 MODELS = ("tagged", "mle", "filtered", "mle+sft")
 CORPORA = ("tagged", "mle", "filtered", "sft")
 SUITES = ("world-heldout", "wild")
@@ -248,8 +260,11 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, rows: Sequence[str]
         name = f"tagged-seed{s}"
         steps.run(f"train/{name}", lambda name=name, s=s: _train(plan, data / "tagged", models / name, "tagged", out / "tokenizer", None, plan.train_tokens, plan.train_minutes, plan.seed + s))
 
-    # 4. evaluations
+    # 4. evaluations (a guarded row first calibrates its probe on the calib split, never on eval)
     attack_files = {s: data / "eval" / f"attacks-{s}.jsonl" for s in SUITES}
+    for m in sorted({ROWS[r].model for r in rows if ROWS[r].guard}):
+        commands.append(f"prealign probe train --model {models / m}")
+        steps.run(f"guard/{m}", lambda m=m: _calibrate_guard(models / m))
     for r in rows:
         row = ROWS[r]
         for s in SUITES:
@@ -265,6 +280,9 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, rows: Sequence[str]
     steps.run("probes", lambda: _probes(plan, models / "tagged", eval_texts(plan.probe_docs), evals))
     if plan.ensemble_seeds:
         steps.run("ensemble", lambda: _ensemble(plan, models, attack_files, evals))
+    if "tagged+guard" in rows and "tagged+lock" in rows:
+        steps.run("guard/plot", lambda: _guard_plot(models / "tagged", evals / "tagged+lock" / "world-heldout.jsonl",
+                                                    evals / "guard_readings.png"))
 
     # 5. results and report (always rebuilt: cheap, and a pure function of the step outputs)
     results = assemble_results(out, plan, rows, commands, steps.seconds())
@@ -352,7 +370,7 @@ def _responder(plan: Plan, row: Row, models: Path):
 def _eval_row(plan: Plan, row: Row, models: Path, attack_files: Mapping[str, Path], out: Path) -> None:
     from prealign.evals.attacks import load_attacks
     from prealign.evals.behaviour import behaviour_summary
-    from prealign.evals.metrics import get_metric
+    from prealign.evals.metrics import GUARD_METRICS, get_metric, summarise
     from prealign.evals.redteam import redteam_summary, run_attacks, transcripts
 
     responder = _responder(plan, row, models)
@@ -367,9 +385,61 @@ def _eval_row(plan: Plan, row: Row, models: Path, attack_files: Mapping[str, Pat
         summary["redteam"][s] = redteam_summary(hazard)
         summary["redteam"][s]["benign_any_leak"] = get_metric("any_leak_rate")([o for o in outcomes if not o["canaries"]]).to_dict()
         summary["transcripts"][s] = transcripts(outcomes)
+        if row.guard is not None:
+            summary.setdefault("guard", {})[s] = {
+                "benign": summarise([o for o in outcomes if not (o["canaries"] and not o["authorised"])], GUARD_METRICS),
+                "hazard": summarise(hazard, GUARD_METRICS),
+            }
         if s == "world-heldout":
             summary["behaviour"] = behaviour_summary(outcomes)
+    if row.guard is not None:
+        from prealign.probes import Probe, summary as probe_summary
+
+        summary["guard_probe"] = probe_summary(Probe.load(models / row.model))
     write_json(out / "summary.json", summary)
+
+
+def _calibrate_guard(model_dir: Path) -> None:
+    from prealign.probes import calibrate_and_save, has_probe
+
+    if not has_probe(model_dir):
+        calibrate_and_save(model_dir, None, None, progress=False)
+
+
+def _guard_plot(model_dir: Path, outcomes_file: Path, out_png: Path, n_each: int = 3) -> None:
+    """P(human) read by the guard's probe along a few replies of the *unguarded* lock: leaking ones
+    (where the guard should fire before the canary) and benign ones (where it should not fire)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prealign.probes import Probe, guard_readings
+    from prealign.tokenizer import encode_prompt, encode_tagged
+
+    model, tok = _load(model_dir)
+    probe = Probe.load(model_dir)
+    outcomes = _read_jsonl(outcomes_file)
+    leaks = [o for o in outcomes if o.get("leaked")][:n_each]
+    benign = [o for o in outcomes if not o["canaries"] and o.get("reply")][:n_each]
+    picked = [(o, "leak") for o in leaks] + [(o, "benign") for o in benign]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for o, kind in picked:
+        prompt = encode_prompt(tok, o["prompt"], probe.scheme)
+        seq = prompt + encode_tagged(tok, o["reply"])
+        p = guard_readings(model, tok, probe, [seq])[0][len(prompt):]
+        ax.plot(range(len(p)), p, color="tab:red" if kind == "leak" else "tab:blue", alpha=0.8,
+                label=kind if kind not in ax.get_legend_handles_labels()[1] else None)
+    ax.axhline(probe.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {probe.threshold:g} (k={probe.k})")
+    ax.set_xlabel("reply token")
+    ax.set_ylabel("P(human) at the guard's layer")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Probe guard readings along tagged+lock replies ({len(leaks)} leaking, {len(benign)} benign)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
 
 
 def _humans(plan: Plan, model_dir: Path, texts: Sequence[str], also_in: Sequence[str]) -> dict[str, Any]:
@@ -425,6 +495,9 @@ def assemble_results(out: Path, plan: Plan, rows: Sequence[str], commands: Seque
             "redteam": s["redteam"], "behaviour": s.get("behaviour", {}),
             "humans": read_json(h) if h.exists() else {}, "transcripts": s.get("transcripts", {}),
         }
+        if "guard" in s:
+            variants[r]["guard"] = s["guard"]
+            variants[r]["guard_probe"] = s.get("guard_probe")
     models = {}
     for m in MODELS:
         meta = out / "models" / m / "prealign_model.json"
@@ -441,6 +514,7 @@ def assemble_results(out: Path, plan: Plan, rows: Sequence[str], commands: Seque
         "probes": read_json(evals / "probes.json") if (evals / "probes.json").exists() else None,
         "probe_plot": "evals/probes.png" if (evals / "probes.png").exists() else None,
         "ensemble": read_json(evals / "ensemble.json") if (evals / "ensemble.json").exists() else None,
+        "guard_plot": "evals/guard_readings.png" if (evals / "guard_readings.png").exists() else None,
         "commands": list(commands),
         "step_seconds": dict(seconds),
         "total_seconds": round(sum(seconds.values()), 1),
