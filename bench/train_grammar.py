@@ -42,6 +42,7 @@ def main() -> None:
                     help="token budget instead of the clock (the tokens 10 uncontended minutes give, on a shared machine)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--samples", type=int, default=600)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
@@ -59,7 +60,8 @@ def main() -> None:
     if not model_meta(out).get("finished"):
         train(TrainConfig(data=args.data, tokenizer=args.tokenizer, out=str(out), preset="tiny",
                           max_minutes=None if args.max_tokens else args.minutes, max_tokens=args.max_tokens,
-                          threads=args.threads, seed=args.seed, seq_len=args.seq_len, device="cpu", resume=True))
+                          threads=args.threads, seed=args.seed, seq_len=args.seq_len,
+                          batch_size=args.batch_size, device="cpu", resume=True))
     meta = model_meta(out)
     model, tok = load_model(out)
     scheme = meta["scheme"]
