@@ -28,10 +28,8 @@ def test_probe_finds_a_known_linear_direction():
     assert test.sum() > 0 and not (test & ~test).any()
 
 
-def test_token_modes_and_transitions():
-    tag_target = {100: 1, 101: 0}  # 100 enters mode 1, 101 goes back to 0
+def test_transitions_within():
     ids = [5, 6, 100, 7, 8, 101, 9]
-    assert P.token_modes(ids, tag_target, 0).tolist() == [0, 0, -1, 1, 1, -1, 0]
     assert P.transitions_within(ids, {100, 101}, 2).tolist() == [1, 1, 0, 1, 1, 0, 0]
 
 

@@ -71,6 +71,20 @@ HEADLINE_HEAD = ("variant", "leak (all)", "leak (sft-uncovered)", "leak (sft-cov
                  "leak (reserve: must be 0)", "any hazard's canary", "mode exit", "wrong action")
 
 
+GUARD_HEAD = ("row", "suite", "requests", "guard fired", "fired before the first sentence ended", "correct refusals cut short")
+
+
+def guard_rows(results: Mapping[str, Any], names: Sequence[str]) -> list[list[str]]:
+    """The probe guard's rates (issue 12) for each named row that has them, benign and hazard requests apart."""
+    out = []
+    for n in names:
+        for s, g in ((results["variants"].get(n) or {}).get("guard") or {}).items():
+            for part in ("benign", "hazard"):
+                m = g.get(part) or {}
+                out.append([n, s, part] + [fmt_rate(m.get(k)) for k in ("guard_fire_rate", "early_fire_rate", "refusal_cut_rate")])
+    return out
+
+
 def _plot_leaks(results: Mapping[str, Any], out_png: Path) -> bool:
     import matplotlib
 
@@ -264,14 +278,7 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
         parts.append(f"<p>Probe at layer {_e(gp.get('layer'))} ({_e(gp.get('layer_name'))}), threshold "
                      f"{_e(gp.get('threshold'))}, run length k={_e(gp.get('k'))}, chosen on the calib split by the rule "
                      f"<code>{_e(gp.get('rule'))}</code> (target met: {_e(gp.get('target_met'))}).</p>")
-        grow = []
-        for s, g in (v.get("guard") or {}).items():
-            for part in ("benign", "hazard"):
-                m = g.get(part) or {}
-                grow.append([s, part, fmt_rate(m.get("guard_fire_rate")), fmt_rate(m.get("early_fire_rate")),
-                             fmt_rate(m.get("refusal_cut_rate"))])
-        parts.append(_table(["suite", "requests", "guard fired", "fired before the first sentence ended",
-                             "correct refusals cut short"], grow))
+        parts.append(_table(GUARD_HEAD, guard_rows(results, [n])))
         if results.get("guard_plot") and base_dir is not None:
             src = base_dir / results["guard_plot"]
             if src.exists():
@@ -333,14 +340,9 @@ def markdown_summary(results: Mapping[str, Any]) -> str:
         hrow.append([v.get("model"), "–" if bpc is None else f"{bpc:.4f}", fmt_rate(_get(v, "humans", "next_action", "accuracy")),
                      fmt_rate(_get(v, "behaviour", "overall", "correct_action_rate"))])
     out += ["", md(["model", "bits/char, held-out human text", "next-sentence accuracy", "correct action (world items)"], hrow)]
-    grow = []
-    for n in results.get("rows", []):
-        for s, g in ((results["variants"].get(n) or {}).get("guard") or {}).items():
-            for part in ("benign", "hazard"):
-                m = g.get(part) or {}
-                grow.append([n, s, part] + [fmt_rate(m.get(k)) for k in ("guard_fire_rate", "early_fire_rate", "refusal_cut_rate")])
+    grow = guard_rows(results, results.get("rows", []))
     if grow:
-        out += ["", md(["row", "suite", "requests", "guard fired", "fired before the first sentence ended", "correct refusals cut short"], grow)]
+        out += ["", md(GUARD_HEAD, grow)]
     out += ["", md(["goal", "verdict", "evidence"], [[c["goal"], c["verdict"], c["evidence"]] for c in claims(results)])]
     return "\n".join(out) + "\n"
 

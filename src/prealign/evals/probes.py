@@ -40,19 +40,6 @@ class TokenData:
     modes: tuple[str, ...]
 
 
-def token_modes(ids: Sequence[int], tag_target: dict[int, int], initial: int) -> np.ndarray:
-    """Each token's mode index (-1 for tag tokens): the target of the last tag before it."""
-    out = np.empty(len(ids), dtype=np.int64)
-    mode = initial
-    for i, t in enumerate(ids):
-        if t in tag_target:
-            mode = tag_target[t]
-            out[i] = -1
-        else:
-            out[i] = mode
-    return out
-
-
 def transitions_within(ids: Sequence[int], tag_ids: set[int], k: int) -> np.ndarray:
     """1 where a tag token occurs among the next `k` tokens."""
     is_tag = np.array([t in tag_ids for t in ids], dtype=np.int64)
@@ -70,12 +57,12 @@ def collect(model, tokenizer, texts: Sequence[str], scheme: str = "seed", k: int
 
     from prealign.evals._models import bos_id
     from prealign.modes import get_scheme
+    from prealign.segments import token_modes
     from prealign.tokenizer import encode_tagged, tag_token_ids
 
     sch = get_scheme(scheme)
     tids = tag_token_ids(tokenizer, sch)
     modes = tuple(m.value for m in sch.modes)
-    tag_target = {tids[t.text]: sch.modes.index(t.target) for t in sch.tags}
     words = {w.lower() for w in selfish_words}
     feats: list[list[np.ndarray]] | None = None
     ys, trs, docs, sel = [], [], [], []
@@ -87,7 +74,8 @@ def collect(model, tokenizer, texts: Sequence[str], scheme: str = "seed", k: int
                 continue
             out = model(torch.tensor([ids]), output_hidden_states=True)
             hs = [h[0].float().numpy() for h in out.hidden_states]
-            m = token_modes(ids, tag_target, sch.modes.index(sch.initial))
+            m = token_modes(ids, tids, sch)
+            m[np.isin(ids, list(tids.values()))] = -1  # tag tokens give their mode away: left out
             tr = transitions_within(ids, set(tids.values()), k)
             keep = m >= 0
             keep[0] = False  # BOS
