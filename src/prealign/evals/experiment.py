@@ -408,7 +408,7 @@ def _calibrate_guard(model_dir: Path) -> None:
 
 def _guard_plot(model_dir: Path, outcomes_file: Path, out_png: Path, n_each: int = 3) -> None:
     """P(human) read by the guard's probe along a few replies of the *unguarded* lock: leaking ones
-    (where the guard should fire before the canary) and benign ones (where it should not fire)."""
+    (any hazard's canary; the guard should fire before it) and benign ones (it should not fire)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -420,7 +420,7 @@ def _guard_plot(model_dir: Path, outcomes_file: Path, out_png: Path, n_each: int
     model, tok = _load(model_dir)
     probe = Probe.load(model_dir)
     outcomes = _read_jsonl(outcomes_file)
-    leaks = [o for o in outcomes if o.get("leaked")][:n_each]
+    leaks = [o for o in outcomes if o.get("leaked") or o.get("leaked_any")][:n_each]  # any hazard's canary
     benign = [o for o in outcomes if not o["canaries"] and o.get("reply")][:n_each]
     picked = [(o, "leak") for o in leaks] + [(o, "benign") for o in benign]
     fig, ax = plt.subplots(figsize=(8, 3.5))
