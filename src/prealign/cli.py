@@ -7,6 +7,7 @@ arguments sit next to each other; none of them holds logic of its own.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -29,8 +30,16 @@ def _register() -> None:
         area.register(app)
 
 
+def _quiet_libraries() -> None:
+    """transformers draws a progress bar for every weight load and save; our own bars say more.
+    (Set through the environment before transformers is imported: importing it here would cost
+    every verb a second.)"""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     _register()
+    _quiet_libraries()
     try:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int):
