@@ -65,11 +65,11 @@ class _Compiled:
     target: dict  # tag text (and EOS) -> the mode it leads to
     code: dict  # tag text (and EOS) -> a one-letter code
     illegal_pairs: tuple  # two-letter code strings whose tags may not follow each other
-    exact_eos: re.Pattern  # exact tags of this scheme and EOS (the fast path's scan)
     code_source: dict  # code letter -> the mode its tag is legal in
     code_target: dict  # code letter -> the mode its tag leads to
     bcode: dict  # tag bytes (UTF-8) -> code letter
-    bfast: re.Pattern  # over bytes: an empty AI block | an exact tag or EOS | any other '<'
+    fast: re.Pattern  # the fast path's one scan: an empty AI block | an exact tag or EOS | any other '<'
+    bfast: re.Pattern  # the same over bytes
 
 
 def _names() -> list[str]:
@@ -99,16 +99,18 @@ def _compile(scheme_name: str) -> _Compiled:
     target = {t.text: t.target for t in scheme.tags} | {EOS: scheme.initial}
     code = {t: chr(ord("a") + i) for i, t in enumerate(source)}
     illegal_pairs = tuple(code[a] + code[b] for a in source for b in source if source[b] is not target[a])
-    exact_eos = re.compile("|".join(re.escape(t) for t in sorted(source, key=len, reverse=True)))
+    # One scan finds everything the fast path needs: exact tags (and EOS) map to codes, while an
+    # empty AI block or a stray '<' (a possible look-alike) has no code and sends the text to the
+    # slow path, which reports positions.
+    exact_eos = "|".join(re.escape(t) for t in sorted(source, key=len, reverse=True))
+    fast = f"{empty_ai.pattern}|{exact_eos}|<"
     return _Compiled(
-        scheme, taglike, exact, empty_ai, walk, source, target, code, illegal_pairs, exact_eos,
+        scheme, taglike, exact, empty_ai, walk, source, target, code, illegal_pairs,
         code_source={code[t]: m for t, m in source.items()},
         code_target={code[t]: m for t, m in target.items()},
         bcode={t.encode(): k for t, k in code.items()},
-        # One scan finds everything the fast path needs: exact tags map to codes, while an empty
-        # AI block or a stray '<' (a possible look-alike) has no code and sends the chunk to the
-        # slow path.
-        bfast=re.compile(f"{empty_ai.pattern}|{exact_eos.pattern}|<".encode()),
+        fast=re.compile(fast),
+        bfast=re.compile(fast.encode()),
     )
 
 
@@ -256,7 +258,7 @@ class _Walker:
                 problems.append(Problem(*where(m.start()), "malformed-tag", f"malformed tag-like string {s!r} (did you mean {near}?); it would silently become plain text", record=self.record))
         return problems
 
-    def end(self, text_tail: str, line: int, col: int) -> list[Problem]:
+    def end(self, line: int, col: int) -> list[Problem]:
         if self.mode is self.c.scheme.initial:
             return []
         return [Problem(line, col, "unclosed", f"document ends inside {self.mode} mode: close it with {_closer(self.c.scheme, self.mode)}", record=self.record)]
@@ -282,30 +284,18 @@ def _nearest_tag(s: str, scheme: Scheme) -> str:
     return best[0] if best else scheme.tag_texts[0]
 
 
-def _tags_fast(c: _Compiled, text: str) -> list[str]:
-    """The tag-like strings of `text`, cheaply when it can be done exactly.
-
-    When every '<' in the text starts an exact tag (or EOS), there can be no look-alike, and the
-    plain alternation of exact tags finds them all; otherwise use the look-alike pattern.
-    """
-    tags = c.exact_eos.findall(text)
-    if len(tags) == text.count("<"):
-        return tags
-    return c.taglike.findall(text)
-
-
 def lint_text(text: str, scheme: str | Scheme = "seed") -> list[Problem]:
     """Lint one complete document (EOS strings inside it separate documents)."""
     c = _compiled(scheme)
     w = _Walker(c)
-    if w.fast_ok(_tags_fast(c, text)) and not c.empty_ai.search(text):
+    if w.fast_ok(c.fast.findall(text)):
         problems: list[Problem] = []
     else:
         w = _Walker(c)
         problems = w.slow(text, 1)
     if w.mode is not c.scheme.initial:
         line, col = _line_col(text, len(text))
-        problems += w.end(text, line, col)
+        problems += w.end(line, col)
     return problems
 
 
@@ -331,7 +321,7 @@ def lint_file(path: str | os.PathLike, scheme: str | Scheme = "seed", field: str
     size = 1 << 22
     buf = bytearray(size)
     view = memoryview(buf)
-    line, offset, filled, last_nl, total = 1, 0, 0, -1, 0
+    line, offset, filled, end_col = 1, 0, 0, 1
     with path.open("rb") as f:
         while True:
             n = f.readinto(view[filled:])
@@ -345,22 +335,15 @@ def lint_file(path: str | os.PathLike, scheme: str | Scheme = "seed", field: str
                     view = memoryview(buf)
                 continue
             yield from _lint_bytes(w, buf, cut, line, path, offset)
-            nl = buf.count(b"\n", 0, cut)
-            line += nl
-            if cut == filled and not n:
-                last_nl = buf.rfind(b"\n", 0, cut)
-                total = cut
-            else:
-                last_nl, total = (buf.rfind(b"\n", 0, cut), cut)
-            tail_start = last_nl + 1
-            tail_text = str(view[tail_start:total], "utf-8") if total > tail_start else ""
+            line += buf.count(b"\n", 0, cut)
+            # where the file ends, if it ends here: after the last line's characters
+            end_col = len(str(view[buf.rfind(b"\n", 0, cut) + 1:cut], "utf-8")) + 1
             offset += cut
             buf[: filled - cut] = buf[cut:filled]  # the partial line (small) moves to the front
             filled -= cut
             if not n and not filled:
                 break
-    end_line, end_col = line, len(tail_text) + 1 if offset else 1
-    yield from w.end("", end_line, end_col)
+    yield from w.end(line, end_col)
 
 
 def _lint_bytes(w: _Walker, buf: bytearray, end: int, base_line: int, path: Path, offset: int) -> Iterator[Problem]:
@@ -382,15 +365,6 @@ def _lint_bytes(w: _Walker, buf: bytearray, end: int, base_line: int, path: Path
 
 
 _EOS_BYTES = EOS.encode()
-
-
-@dataclass
-class LintSummary:
-    files: int = 0
-    records: int = 0
-    errors: int = 0
-    warnings: int = 0
-    bytes: int = 0
 
 
 def lint_paths(paths: Iterable[str | os.PathLike], scheme: str | Scheme = "seed", field: str = "text") -> Iterator[tuple[str, Problem]]:
