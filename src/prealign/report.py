@@ -85,6 +85,18 @@ def guard_rows(results: Mapping[str, Any], names: Sequence[str]) -> list[list[st
     return out
 
 
+def one_row_per_model(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """`(model, variant results)` for the first row of each trained model, in row order (the
+    human-text figures belong to the model, not to how it generates)."""
+    out, seen = [], set()
+    for n in results.get("rows", []):
+        v = results["variants"].get(n) or {}
+        if v and v.get("model") not in seen:
+            seen.add(v.get("model"))
+            out.append((v.get("model"), v))
+    return out
+
+
 def _plot_leaks(results: Mapping[str, Any], out_png: Path) -> bool:
     import matplotlib
 
@@ -127,16 +139,11 @@ def _plot_humans(results: Mapping[str, Any], out_png: Path) -> bool:
     import matplotlib.pyplot as plt
 
     models, vals = [], []
-    seen = set()
-    for n in results.get("rows", []):
-        v = results["variants"].get(n) or {}
-        m = v.get("model")
+    for m, v in one_row_per_model(results):
         bpc = _get(v, "humans", "loss", "bits_per_char")
-        if m in seen or bpc is None:
-            continue
-        seen.add(m)
-        models.append(m)
-        vals.append(bpc)
+        if bpc is not None:
+            models.append(m)
+            vals.append(bpc)
     if not models:
         return False
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -241,15 +248,11 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
     parts.append(_table(["variant", "correct action (all)"] + [f"expected {k}" for k in exp_keys], brow))
 
     parts.append("<h2>Understanding of humans</h2>")
-    hrow, seen = [], set()
-    for n in results.get("rows", []):
-        v = results["variants"].get(n) or {}
-        if v.get("model") in seen:
-            continue
-        seen.add(v.get("model"))
+    hrow = []
+    for m, v in one_row_per_model(results):
         h = v.get("humans") or {}
         bpc = _get(h, "loss", "bits_per_char")
-        hrow.append([v.get("model"), "–" if bpc is None else f"{bpc:.4f}",
+        hrow.append([m, "–" if bpc is None else f"{bpc:.4f}",
                      fmt_rate(_get(h, "next_action", "accuracy")), fmt_rate(_get(h, "next_action", "self_interested")),
                      "–" if _get(h, "next_action", "chance") is None else f"{100 * h['next_action']['chance']:.0f}%"])
     parts.append(_table(["model", "bits/char on human-mode text", "next-sentence accuracy", "… on self-interested acts", "chance"], hrow))
@@ -337,14 +340,10 @@ def markdown_summary(results: Mapping[str, Any]) -> str:
     out = [f"Plan `{plan.get('name')}`, seed {plan.get('seed')}; rates: value [95% Wilson interval] (k/n)."]
     for s in sorted({s for v in results.get("variants", {}).values() for s in v.get("redteam", {})}):
         out += ["", f"**{s}**", "", md(HEADLINE_HEAD, headline_rows(results, s))]
-    hrow, seen = [], set()
-    for n in results.get("rows", []):
-        v = results["variants"].get(n) or {}
-        if v.get("model") in seen:
-            continue
-        seen.add(v.get("model"))
+    hrow = []
+    for m, v in one_row_per_model(results):
         bpc = _get(v, "humans", "loss", "bits_per_char")
-        hrow.append([v.get("model"), "–" if bpc is None else f"{bpc:.4f}", fmt_rate(_get(v, "humans", "next_action", "accuracy")),
+        hrow.append([m, "–" if bpc is None else f"{bpc:.4f}", fmt_rate(_get(v, "humans", "next_action", "accuracy")),
                      fmt_rate(_get(v, "behaviour", "overall", "correct_action_rate"))])
     out += ["", md(["model", "bits/char, held-out human text", "next-sentence accuracy", "correct action (world items)"], hrow)]
     grow = guard_rows(results, results.get("rows", []))
