@@ -197,19 +197,16 @@ class ModeLock:
         self.blocked_quarantine = blocked_q
         # tag index + 1 -> True when the tag enters an exit mode (the stop criteria's table)
         self.tag1_enters_exit = torch.tensor([False] + [machine.state_of(t.target) in exit_states for t in scheme.tags], device=dev)
-        # the mask as additive rows (0 allowed, -inf blocked): one gather and one add per step
-        # The mask as caps: out = minimum(scores, cap[row]), cap +inf where allowed and -inf where
+        # The mask as caps: out = minimum(scores, cap[state]), cap +inf where allowed and -inf where
         # blocked, so even a +inf logit on an illegal tag becomes -inf (an additive -inf would give
-        # NaN), at the cost of an add. Rows S..2S-1 force EOS (a mode exit under `stop`):
-        # row = state + S * exiting.
+        # NaN). One precomputed row per state: a gather and a minimum per step.
         inf = float("inf")
-        cap = torch.full(self.blocked.shape, inf, device=dev).masked_fill_(self.blocked, -inf)
-        cap_q = torch.full(blocked_q.shape, inf, device=dev).masked_fill_(blocked_q, -inf)
-        force_eos = torch.full((S, machine.vocab_size), -inf, device=dev)
+        self.cap = torch.full(self.blocked.shape, inf, device=dev).masked_fill_(self.blocked, -inf)  # [S, V]
+        self.cap_quarantine = torch.full(blocked_q.shape, inf, device=dev).masked_fill_(blocked_q, -inf)
+        # A row exiting under `stop` is replaced by this one, which leaves only EOS.
+        self.eos_only = torch.full((machine.vocab_size,), -inf, device=dev)
         if machine.eos_id is not None:
-            force_eos[:, machine.eos_id] = inf
-        self.cap = torch.cat([cap, force_eos])  # [2S, V]
-        self.cap_quarantine = torch.cat([cap_q, cap_q])  # quarantine never forces EOS
+            self.eos_only[machine.eos_id] = 0.0
         self._pos_cache = torch.zeros(0, dtype=torch.long, device=dev)
 
     # --- construction -------------------------------------------------------------------------
@@ -324,10 +321,6 @@ class LockProcessor(LogitsProcessor):
         self.record = record
         self.reasons = (STOP_MODE_CONFUSION,) + tuple(s.reason for s in self.signals)
         self._cap = lock.cap_quarantine if policy == "quarantine" else lock.cap
-        self._cap_nomask = torch.cat([torch.full_like(lock.cap[: lock.n_states], float("inf")), lock.cap[lock.n_states:]])
-        self._eos_only = torch.full((lock.vocab_size,), float("-inf"), device=lock.cap.device)
-        if lock.machine.eos_id is not None:
-            self._eos_only[lock.machine.eos_id] = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -364,21 +357,17 @@ class LockProcessor(LogitsProcessor):
                 raise PrealignError(f"exit signal {signal.reason!r} returned shape {tuple(fired.shape)}, expected {tuple(mass.shape)}")
             base = code.to(torch.int8) if code is not None else torch.zeros_like(mass, dtype=torch.int8)
             code = torch.where(fired & (base == 0), torch.tensor(k, dtype=torch.int8, device=base.device), base)
-        # the mask: one precomputed cap row per (state, exiting) pair, gathered, then a minimum;
-        # a row exiting under `stop` gets the row that leaves only EOS
-        exiting = None
-        if code is not None and self.policy == "stop":
-            exiting = code > 0 if code.dtype != torch.bool else code
-        if self.mask or exiting is not None:
-            row = state if exiting is None else torch.add(state, exiting, alpha=lock.n_states)
-            cap = (self._cap if self.mask else self._cap_nomask).index_select(0, row)
+        # the mask: one precomputed cap row per state, gathered, then a minimum
+        if self.mask:
+            cap = self._cap.index_select(0, state)
             out = torch.minimum(scores, cap if V == lock.vocab_size else cap[:, :V])
-            if exiting is not None and lock.machine.eos_id is not None:
-                # An exiting row becomes EOS-only outright: a processor that ran earlier (e.g.
-                # min_new_tokens) may have set EOS to -inf, and a row of -inf cannot be sampled.
-                out = torch.where(exiting[:, None], self._eos_only[:V], out)
         else:
             out = scores.clone()
+        if code is not None and self.policy == "stop":
+            # A row exiting under `stop` is replaced outright by the EOS-only row (not capped: a
+            # processor that ran earlier, e.g. min_new_tokens, may have set EOS to -inf).
+            exiting = code > 0 if code.dtype != torch.bool else code
+            out = torch.where(exiting[:, None], lock.eos_only[:V], out)
         if self.record:
             self.masses.append(mass)
             self.exit_codes.append(code)
