@@ -262,9 +262,10 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, rows: Sequence[str]
 
     # 4. evaluations (a guarded row first calibrates its probe on the calib split, never on eval)
     attack_files = {s: data / "eval" / f"attacks-{s}.jsonl" for s in SUITES}
-    for m in sorted({ROWS[r].model for r in rows if ROWS[r].guard}):
-        commands.append(f"prealign probe train --model {models / m}")
-        steps.run(f"guard/{m}", lambda m=m: _calibrate_guard(models / m))
+    for r in rows:  # building a row's guard calibrates it (a step of its own: timed, resumable)
+        if ROWS[r].guard:
+            commands.append(f"prealign probe train --model {models / ROWS[r].model}")
+            steps.run(f"guard/{r}", lambda row=ROWS[r]: row.guard(models / row.model))
     for r in rows:
         row = ROWS[r]
         for s in SUITES:
@@ -397,13 +398,6 @@ def _eval_row(plan: Plan, row: Row, models: Path, attack_files: Mapping[str, Pat
 
         summary["guard_probe"] = probe_summary(Probe.load(models / row.model))
     write_json(out / "summary.json", summary)
-
-
-def _calibrate_guard(model_dir: Path) -> None:
-    from prealign.probes import calibrate_and_save, has_probe
-
-    if not has_probe(model_dir):
-        calibrate_and_save(model_dir, None, None, progress=False)
 
 
 def _guard_plot(model_dir: Path, outcomes_file: Path, out_png: Path, n_each: int = 3) -> None:
