@@ -11,7 +11,7 @@ import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, TypeVar
+from typing import Any, Iterable, Iterator, Mapping, TypeVar
 
 from prealign.errors import PrealignError
 
@@ -42,6 +42,30 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Write records as JSON Lines, atomically (a reader sees the old file or the whole new one)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with tmp.open("w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False, default=_json_default) + "\n")
+    return path
+
+
+def append_jsonl(f, records: Iterable[Mapping[str, Any]]) -> int:
+    """Append records to an open text file as JSON Lines with one write and a flush (a resumable
+    job's unit of progress); returns how many were written."""
+    lines = [json.dumps(rec, ensure_ascii=False, default=_json_default) + "\n" for rec in records]
+    f.write("".join(lines))
+    f.flush()
+    return len(lines)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Every record of a JSONL file (see `iter_jsonl` for the errors)."""
+    return [rec for _, rec in iter_jsonl(path)]
 
 
 def read_json(path: str | os.PathLike) -> Any:

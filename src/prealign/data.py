@@ -8,7 +8,6 @@ shards is loadable with `datasets.load_dataset("parquet", data_files=f"{dir}/par
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -17,6 +16,9 @@ from prealign._util import atomic_path
 from prealign.errors import PrealignError
 
 PART_GLOB = "part-*.parquet"
+# The corpus variants a shard can hold: the tagged corpus, the raw world text (`mle`), the raw
+# text with bad human acts removed (`filtered`), and aligned chat dialogues for fine-tuning (`sft`).
+CORPUS_VARIANTS = ("tagged", "mle", "filtered", "sft")
 
 
 def part_path(out_dir: str | os.PathLike, rank: int) -> Path:
@@ -42,9 +44,16 @@ def write_shard(out_dir: str | os.PathLike, rank: int, records: Sequence[dict]) 
     path = part_path(out_dir, rank)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    marker = marker_path(out_dir, rank)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"records": len(records)}) + "\n")
+    write_marker(out_dir, rank, {"records": len(records)})
+    return path
+
+
+def write_marker(out_dir: str | os.PathLike, rank: int, info: dict[str, Any]) -> Path:
+    """A rank's completion marker (JSON), written atomically and only after its outputs."""
+    from prealign._util import write_json
+
+    path = marker_path(out_dir, rank)
+    write_json(path, info)
     return path
 
 
