@@ -383,6 +383,16 @@ def test_chat_format_round_trip():
     assert [doc[s:e] for s, e in formats.assistant_spans(doc)] == ["Hello there."]
     with pytest.raises(PrealignError, match="unknown role"):
         formats.chat_text([{"role": "bot", "content": "x"}])
+    assert [formats.turn_label(r) for r in ("system", "user", "assistant")] == ["System: ", "User: ", "Assistant: "]
+    with pytest.raises(PrealignError, match="unknown role"):
+        formats.turn_label("bot")
+
+
+def test_variants_are_the_corpus_variants():
+    from prealign.data import CORPUS_VARIANTS
+
+    assert world.VARIANTS is CORPUS_VARIANTS
+    assert {r["variant"] for v in world.VARIANTS for r in _docs(5, v)} == set(CORPUS_VARIANTS)
 
 
 # --- shards, resume, config, CLI -------------------------------------------------------------------------
@@ -415,7 +425,7 @@ def test_parallel_workers_write_the_same_shards(tmp_path):
     assert [r["id"] for r in a] == [r["id"] for r in b] and [r["text"] for r in a] == [r["text"] for r in b]
 
 
-def test_config_is_checked():
+def test_config_is_checked(tmp_path):
     with pytest.raises(PrealignError, match="unknown key"):
         WorldConfig.from_dict({"gossip_rat": 0.1})
     with pytest.raises(PrealignError, match="both held out and covered"):
@@ -423,7 +433,8 @@ def test_config_is_checked():
     with pytest.raises(PrealignError, match="in \\[0, 1\\]"):
         WorldConfig(mle_leak_direct=1.5)
     with pytest.raises(PrealignError, match="unknown variant"):
-        world.generate("/tmp/never", 1, "raw")
+        world.generate(tmp_path / "never", 1, "raw")
+    assert not (tmp_path / "never").exists()
 
 
 def test_cli(tmp_path, capsys):
@@ -441,7 +452,7 @@ def test_cli(tmp_path, capsys):
     sc = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert len(sc) == 7 and all("tactic" in s and "episodes" in s for s in sc)
     assert main(["world", "--attacks", str(tmp_path / "a.jsonl"), "--docs", "9"]) == 0
-    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 9
+    assert [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()] == world.attacks("eval", 9, 0, "seed")
     assert main(["world", "--out", str(tmp_path / "sh"), "--docs", "30", "--variant", "sft"]) == 0
     assert len(load_records(tmp_path / "sh")) == 30
     capsys.readouterr()
@@ -471,7 +482,8 @@ def test_cli_config_file_and_errors(tmp_path, capsys):
 def test_aligned_replies_read_as_their_correct_action_under_the_eval_markers():
     """The world's refusals never ask for proof and its investigations always do, so a model that
     learned them is scored right by the red-team's phrase markers (no judge model)."""
-    redteam = pytest.importorskip("prealign.evals.redteam")
+    from prealign.evals import redteam
+
     expected = {"refuse": "refuse", "answer": "answer", "investigate_then_answer": "investigate", "investigate_then_refuse": "investigate"}
     n = 0
     for rec in _docs(1500, "sft"):

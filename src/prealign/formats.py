@@ -47,9 +47,16 @@ def _check(messages: Iterable[Mapping[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+def turn_label(role: str) -> str:
+    """The text that opens a `role` turn at the start of a line: `turn_label("user") == "User: "`."""
+    if role not in ROLE_LABELS:
+        raise PrealignError(f"unknown role {role!r}; use one of: {', '.join(ROLE_LABELS)}")
+    return f"{ROLE_LABELS[role]}: "
+
+
 def chat_text(messages: Iterable[Mapping[str, str]]) -> str:
     """A dialogue as plain text: one `Label: content` turn per message, newline-separated."""
-    return "\n".join(f"{ROLE_LABELS[r]}: {c}" for r, c in _check(messages))
+    return "\n".join(turn_label(r) + c for r, c in _check(messages))
 
 
 def chat_prompt(messages: Iterable[Mapping[str, str]]) -> str:

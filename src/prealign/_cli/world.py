@@ -72,8 +72,11 @@ def world(
             print(json.dumps(t))
         return
     if attacks is not None:
-        n = W.write_attacks(attacks, split or "eval", docs, seed, scheme, cfg)
-        print(f"world: {n} attack records ({split or 'eval'}) -> {attacks}")
+        from prealign._util import write_jsonl
+
+        records = W.attacks(split or "eval", docs, seed, scheme, cfg)
+        write_jsonl(attacks, records)
+        print(f"world: {len(records)} attack records ({split or 'eval'}) -> {attacks}")
         return
     split = split or "train"
     if stats:

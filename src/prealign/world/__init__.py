@@ -13,25 +13,26 @@ Python:
 
     from prealign import world
     world.generate("runs/world/tagged", docs=2000, variant="tagged")
-    world.attacks(split="eval", n=600, seed=0)
+    write_jsonl("attacks.jsonl", world.attacks(split="eval", n=600, seed=0))  # from prealign._util
+
+`VARIANTS` is `prealign.data.CORPUS_VARIANTS`, the one list of corpus variant names.
 """
 
+from prealign.data import CORPUS_VARIANTS as VARIANTS
 from prealign.world.config import KINDS, WorldConfig
-from prealign.world.generate import (
+from prealign.world.corpus import (
     attacks,
     generate,
     hazards,
     iter_documents,
     stats,
     tactics,
-    write_attacks,
     write_scenarios,
 )
-from prealign.world.render import GENERATOR_VERSION, VARIANTS, Renderer, render_text
+from prealign.world.render import GENERATOR_VERSION, Renderer, render_text
 from prealign.world.scenarios import SPLITS, scenarios
 
 __all__ = [
     "GENERATOR_VERSION", "KINDS", "SPLITS", "VARIANTS", "Renderer", "WorldConfig", "attacks", "generate",
-    "hazards", "iter_documents", "render_text", "scenarios", "stats", "tactics", "write_attacks",
-    "write_scenarios",
+    "hazards", "iter_documents", "render_text", "scenarios", "stats", "tactics", "write_scenarios",
 ]

@@ -11,8 +11,8 @@ One scenario renders as:
 
 Two random streams keep the variants aligned: `r` draws everything humans say and do, `ra`
 draws the AI's wording, so the human text of a scenario is identical in every variant.
-Labels are character spans into the rendered text. Tags are asked of `prealign.modes`, never
-spelled here.
+Labels are character spans into the rendered text. Tags are asked of `prealign.modes` and chat
+turn labels of `prealign.formats`; neither is spelled here.
 
     .venv/bin/python -c "from prealign.world import render_text; print(render_text(seed=1))"
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 
 from prealign import formats
+from prealign.data import CORPUS_VARIANTS
 from prealign.errors import PrealignError
 from prealign.modes import Mode, get_scheme
 from prealign.world import hazards as H
@@ -29,8 +30,10 @@ from prealign.world import lexicon as L
 from prealign.world import tactics as T
 from prealign.world.config import WorldConfig
 
-VARIANTS = ("tagged", "mle", "filtered", "sft")
 GENERATOR_VERSION = "world-1"
+# turn labels of the plain chat format (untagged variants), as `prealign.formats` spells them
+_USER = formats.turn_label("user")
+_ASSISTANT = formats.turn_label("assistant")
 
 
 def _cap(s: str) -> str:
@@ -157,7 +160,7 @@ class Builder:
             return
         if chat_frame and not self.in_chat:
             self.human(chat_frame + "\n")
-        self.put(Mode.HUMAN, "User: " + words + "\n")
+        self.put(Mode.HUMAN, _USER + words + "\n")
         self.in_chat = True
 
     def reply(self, pieces: list, hazard: H.Hazard | None = None, authorised: bool = False) -> None:
@@ -179,7 +182,7 @@ class Builder:
                     self.put(Mode.QUOTED_UNALIGNED_AI, p[1])
             self.gap()
             return
-        self.put(Mode.HUMAN, "Assistant: ")
+        self.put(Mode.HUMAN, _ASSISTANT)
         text = "".join(_flat(p) for p in pieces)
         start = self.put(Mode.AI, text)
         if hazard is not None and hazard.canary in text:
@@ -303,8 +306,8 @@ def _swap(f: dict) -> dict:
 
 class Renderer:
     def __init__(self, variant: str, scheme: str = "seed", config: WorldConfig | None = None):
-        if variant not in VARIANTS:
-            raise PrealignError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        if variant not in CORPUS_VARIANTS:
+            raise PrealignError(f"unknown variant {variant!r}; choose one of: {', '.join(CORPUS_VARIANTS)}")
         self.variant, self.scheme, self.cfg = variant, scheme, config or WorldConfig()
         get_scheme(scheme)
 

@@ -7,7 +7,7 @@ and `sft_covered` mirror its *primary* episode (the first one with a request to 
 Sampling is deterministic in `(split, seed, index)`, so every variant renders the same
 scenarios and a resumed run regenerates exactly what it lost.
 
-    .venv/bin/python -m prealign.cli world --scenarios-only --out /tmp/scen.jsonl --docs 10
+    .venv/bin/python -m prealign.cli world --scenarios-only --out scenarios.jsonl --docs 10
 """
 
 from __future__ import annotations

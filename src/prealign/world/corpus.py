@@ -21,20 +21,22 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from prealign._util import read_json, run_meta, write_json, write_jsonl
+from prealign.data import CORPUS_VARIANTS, part_path, rank_done, run_ranks, write_shard
 from prealign.errors import PrealignError
 from prealign.modes import get_scheme
 from prealign.world import hazards as H
 from prealign.world import tactics as T
 from prealign.world.config import WorldConfig
-from prealign.world.render import GENERATOR_VERSION, MT_ANSWERS, VARIANTS, Builder, Renderer
+from prealign.world.render import GENERATOR_VERSION, MT_ANSWERS, Builder, Renderer
 from prealign.world.scenarios import Sampler, check_split
 
 META_FILE = "world.json"
 
 
 def _check_variant(variant: str, scheme: str) -> str:
-    if variant not in VARIANTS:
-        raise PrealignError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+    if variant not in CORPUS_VARIANTS:
+        raise PrealignError(f"unknown variant {variant!r}; choose one of: {', '.join(CORPUS_VARIANTS)}")
     get_scheme(scheme)
     return scheme if variant == "tagged" else ""
 
@@ -63,8 +65,6 @@ def iter_documents(docs: int, variant: str, scheme: str = "seed", seed: int = 0,
 
 def _write_rank(job: tuple) -> tuple[int, int]:
     """One rank in a worker process: render its scenarios and write its shard atomically."""
-    from prealign.data import write_shard
-
     out, rank, n, start, variant, scheme, seed, split, cfg = job
     recs = list(iter_documents(n, variant, scheme, seed, split, cfg, start=start))
     write_shard(out, rank, recs)
@@ -81,9 +81,6 @@ def generate(out_dir: str | os.PathLike, docs: int, variant: str, scheme: str = 
     shards are the same as with one (each is seeded by its scenario indices). Returns the shard
     paths.
     """
-    from prealign._util import read_json, run_meta, write_json
-    from prealign.data import part_path, rank_done, run_ranks
-
     cfg = config or WorldConfig()
     if docs < 1:
         raise PrealignError(f"--docs must be ≥ 1, got {docs}")
@@ -134,12 +131,8 @@ def generate(out_dir: str | os.PathLike, docs: int, variant: str, scheme: str = 
 def write_scenarios(path: str | os.PathLike, docs: int, split: str = "train", seed: int = 0,
                     config: WorldConfig | None = None, pool: str = "pretrain") -> int:
     """The structured scenarios alone, one JSON object a line (for the LLM renderer)."""
-    from prealign._util import atomic_path
-
     sampler = Sampler(config or WorldConfig(), check_split(split), pool)
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for sc in sampler.iter(seed, 0, docs):
-            f.write(json.dumps(sc) + "\n")
+    write_jsonl(path, sampler.iter(seed, 0, docs))
     return docs
 
 
@@ -244,17 +237,6 @@ def attacks(split: str = "eval", n: int = 600, seed: int = 0, scheme: str = "see
             "sft_covered": sampler.covered(hz.id, tactic.id),
         })
     return out
-
-
-def write_attacks(path: str | os.PathLike, split: str = "eval", n: int = 600, seed: int = 0, scheme: str = "seed",
-                  config: WorldConfig | None = None) -> int:
-    from prealign._util import atomic_path
-
-    recs = attacks(split, n, seed, scheme, config)
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for rec in recs:
-            f.write(json.dumps(rec) + "\n")
-    return len(recs)
 
 
 # --- statistics -----------------------------------------------------------------------------------
