@@ -72,7 +72,8 @@ def main() -> None:
     from prealign.synth.client import ClientConfig
     from prealign.synth.ledger import read_ledger
     from prealign.synth.plan import load_plan
-    from prealign.synth.render import SynthConfig, run_synth
+    from prealign.synth.rank import SynthConfig
+    from prealign.synth.run import run_synth
 
     srv = start_server(a.port, a.latency)
     url = f"http://127.0.0.1:{a.port}/v1"

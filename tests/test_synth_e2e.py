@@ -14,12 +14,11 @@ import json
 import sys
 from pathlib import Path
 
+import fastapi  # noqa: F401  (prealign serve runs on it)
 import pyarrow.parquet as pq
 import pytest
-
-pytest.importorskip("fastapi")
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from tests._lock_support import make_tokenizer, save_model_dir  # noqa: E402
@@ -30,7 +29,8 @@ from prealign.segments import lint_text  # noqa: E402
 from prealign.synth.client import ClientConfig  # noqa: E402
 from prealign.synth.ledger import read_ledger  # noqa: E402
 from prealign.synth.plan import plan_from_dict  # noqa: E402
-from prealign.synth.render import SynthConfig, run_synth  # noqa: E402
+from prealign.synth.rank import SynthConfig  # noqa: E402
+from prealign.synth.run import run_synth  # noqa: E402
 
 torch.set_num_threads(1)
 

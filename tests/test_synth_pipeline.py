@@ -23,14 +23,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fault_server import FaultServer  # noqa: E402
 
+from prealign import world  # noqa: E402
 from prealign.data import load_records  # noqa: E402
 from prealign.errors import PrealignError  # noqa: E402
 from prealign.modes import Mode, get_scheme  # noqa: E402
 from prealign.segments import lint_text  # noqa: E402
 from prealign.synth.client import ClientConfig  # noqa: E402
 from prealign.synth.ledger import read_ledger  # noqa: E402
-from prealign.synth.plan import load_plan, plan_from_dict  # noqa: E402
-from prealign.synth.render import SynthConfig, run_synth  # noqa: E402
+from prealign.synth.plan import ReviewPlan, load_plan, plan_from_dict  # noqa: E402
+from prealign.synth.rank import SynthConfig  # noqa: E402
+from prealign.synth.run import run_synth  # noqa: E402
 
 S = get_scheme("seed")
 AI_OPEN, AI_CLOSE = S.tag_between(Mode.HUMAN, Mode.AI).text, S.tag_between(Mode.AI, Mode.HUMAN).text
@@ -240,7 +242,6 @@ def test_review_existing_shards_then_cost_from_ledger(tmp_path):
 
 
 def test_world_scenarios_render(tmp_path):
-    world = pytest.importorskip("prealign.world.scenarios")
     scen = tmp_path / "w.jsonl"
     scen.write_text("\n".join(json.dumps(s) for s in world.scenarios(6)) + "\n")
     with FaultServer() as srv:
@@ -261,6 +262,7 @@ def test_plan_files_are_checked(tmp_path):
     with pytest.raises(PrealignError, match="filter needs a grade"):
         plan_from_dict({"passes": ["filter"]})
     assert plan_from_dict({"passes": ["grade"]}).passes[0].name == "lint"  # lint always first
+    assert isinstance(load_plan("default"), ReviewPlan)
     toml = tmp_path / "p.toml"
     toml.write_text('name = "t"\n[[passes]]\npass = "lint"\n[[passes]]\npass = "grade"\nmodel = "other"\n')
     assert load_plan(toml).passes[1].model == "other"
@@ -293,8 +295,7 @@ def test_cli_import_and_one_line_errors(tmp_path, capsys):
 
 
 def test_review_world_shards_and_catch_a_planted_leak(tmp_path):
-    generate = pytest.importorskip("prealign.world.generate").generate
-    generate(tmp_path / "w", 12, "tagged")
+    world.generate(tmp_path / "w", 12, "tagged")
     rows = load_records(tmp_path / "w")
     s = run_synth(SynthConfig("review", (str(tmp_path / "w"),), str(tmp_path / "out"), plan=load_plan("lint-only")))
     assert s["kept"] == 12  # the world's own tagged documents pass lint and the canary check
@@ -328,3 +329,25 @@ def test_an_edit_that_rewrites_the_source_is_rejected(tmp_path):
     with FaultServer(responder=responder) as srv:
         s = run_synth(SynthConfig("transform", (str(src),), str(tmp_path / "out"), client(srv), plan=load_plan("default")))
     assert s["kept"] == 0 and s["reject_reasons"] == {"final check:fidelity": 1}
+
+
+def test_the_rank_step_knows_no_executor():
+    """rank.py (one rank's work) imports neither executor; ray_runner.py imports the step, not the run."""
+    import ast
+
+    import prealign.synth
+
+    def synth_imports(name: str) -> set[str]:
+        tree = ast.parse((Path(prealign.synth.__file__).parent / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        return {m for m in found if m.startswith("prealign.synth.")}
+
+    assert not synth_imports("rank") & {"prealign.synth.run", "prealign.synth.ray_runner"}
+    assert "prealign.synth.rank" in synth_imports("ray_runner")
+    assert "prealign.synth.run" not in synth_imports("ray_runner")
+    assert {"prealign.synth.rank", "prealign.synth.ray_runner"} <= synth_imports("run")

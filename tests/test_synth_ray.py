@@ -25,7 +25,8 @@ from prealign.data import load_records  # noqa: E402
 from prealign.segments import lint_text  # noqa: E402
 from prealign.synth.client import ClientConfig  # noqa: E402
 from prealign.synth.ledger import read_ledger  # noqa: E402
-from prealign.synth.render import SynthConfig, run_synth  # noqa: E402
+from prealign.synth.rank import SynthConfig  # noqa: E402
+from prealign.synth.run import run_synth  # noqa: E402
 
 
 def test_ray_engine_matches_local_semantics(tmp_path):

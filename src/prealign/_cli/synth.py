@@ -31,7 +31,8 @@ def _run(kind: str, inputs: List[str], out: str, endpoint, model, plan, scheme, 
          retries, api_key_env, temperature, max_tokens, cache_dir, prompt_dir, engine, ray_address, workers, quiet,
          field="text", chunk_chars=2000, min_fidelity=0.9) -> None:
     from prealign.synth.plan import load_plan
-    from prealign.synth.render import SynthConfig, run_synth
+    from prealign.synth.rank import SynthConfig
+    from prealign.synth.run import run_synth
 
     cfg = SynthConfig(
         kind=kind, inputs=tuple(inputs), out=out,

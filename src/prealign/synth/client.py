@@ -12,7 +12,7 @@ What it guarantees, because the corpus pipeline is built on it:
 - the API key comes from the environment variable named in the config and never appears in a
   log, a cache file, a ledger line or a repr.
 
-Used by `prealign synth render|review|transform` (prealign/synth/render.py).
+Used by `prealign synth render|review|transform` (prealign.synth.rank).
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def ledger_cost(run_dir: str, cfg: CostConfig = CostConfig()) -> dict:
 
     `cfg.passes` and `cfg.generate_fraction` are not used: the run measures them.
     """
-    from prealign.synth.ledger import read_ledger, summarise
+    from prealign.synth.ledger import ledger_totals, read_ledger
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -109,7 +109,7 @@ def ledger_cost(run_dir: str, cfg: CostConfig = CostConfig()) -> dict:
     dropped = sum(int(m.get("rejected", 0)) + int(m.get("escalated", 0)) for m in ranks.values())
     if kept_docs == 0 or kept_tokens == 0:
         raise PrealignError(f"{run}: the run kept no documents ({dropped} thrown away), so there is no cost per kept token")
-    summary = summarise(entries)
+    summary = ledger_totals(entries)
     read, written = summary["total"]["prompt_tokens"], summary["total"]["completion_tokens"]
     read_per, gen_per = read / kept_tokens, written / kept_tokens
     target_read, target_gen = cfg.tokens * read_per, cfg.tokens * gen_per

@@ -12,7 +12,7 @@ written as their concatenation. A line:
 
 `cached` lines cost nothing now (the answer came from the run's response cache, or from an
 identical request already in flight) but keep their original token counts, so a resumed run can
-be costed as if it had run once: `summarise` counts every request key once.
+be costed as if it had run once: `ledger_totals` counts every request key once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from prealign._util import atomic_path
+from prealign._util import write_jsonl
 from prealign.errors import PrealignError
 
 FIELDS = ("pass", "model", "prompt_tokens", "completion_tokens", "seconds", "cached", "request_id", "key", "rank",
@@ -111,24 +111,22 @@ def read_ledger(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def consolidate(run_dir: str | os.PathLike) -> Path:
-    """Write `RUN/ledger.jsonl` (all ranks, in rank order) atomically."""
+    """Write `RUN/ledger.jsonl` (all ranks, in rank order) atomically; torn lines are left out."""
     run = Path(run_dir)
-    target = run / "ledger.jsonl"
-    parts = sorted((run / "ledger").glob("rank-*.jsonl"))
-    with atomic_path(target) as tmp:
-        with open(tmp, "w", encoding="utf-8") as out:
-            for p in parts:
-                for line in p.read_text(encoding="utf-8").splitlines():
-                    if line.strip():
-                        try:
-                            json.loads(line)
-                        except json.JSONDecodeError:
-                            continue
-                        out.write(line + "\n")
-    return target
+
+    def lines():
+        for p in sorted((run / "ledger").glob("rank-*.jsonl")):
+            for line in p.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+
+    return write_jsonl(run / "ledger.jsonl", lines())
 
 
-def summarise(entries: Iterable[dict]) -> dict:
+def ledger_totals(entries: Iterable[dict]) -> dict:
     """Totals per pass: paid (uncached) tokens, and `unique` tokens counting each request key once.
 
     `unique` is what the pipeline costs when run once from scratch — the figure to extrapolate.

@@ -20,7 +20,7 @@ from typing import Any
 
 from prealign.modes import Mode, Scheme, get_scheme
 from prealign.synth.plan import (PROPERTIES, CanaryPass, CrosscheckPass, EditPass, FilterPass, GradePass, LintPass,
-                                 Plan)
+                                 ReviewPlan)
 from prealign.synth.templates import fence, load_template, strip_fences
 
 
@@ -256,7 +256,7 @@ async def crosscheck_pass(spec: CrosscheckPass, doc: Doc, ctx: PassContext, filt
 # --- the plan -----------------------------------------------------------------------------------
 
 
-async def run_plan(plan: Plan, doc: Doc, ctx: PassContext) -> Doc:
+async def run_plan(plan: ReviewPlan, doc: Doc, ctx: PassContext) -> Doc:
     """Take `doc` through every pass of `plan`; sets `doc.status` to kept, rejected or escalated."""
     filter_spec = next((p for p in plan.passes if isinstance(p, FilterPass)), None)
     for i, spec in enumerate(plan.passes):
@@ -290,7 +290,7 @@ async def _run_one(spec, doc: Doc, ctx: PassContext, filter_spec: FilterPass | N
         filter_pass(spec, doc)
     elif isinstance(spec, CrosscheckPass):
         await crosscheck_pass(spec, doc, ctx, filter_spec)
-    else:  # pragma: no cover - Plan validates its passes
+    else:  # pragma: no cover - ReviewPlan validates its passes
         raise AssertionError(f"unknown pass {spec!r}")
 
 

@@ -118,7 +118,9 @@ LLM_PASSES = ("grade", "edit", "crosscheck")
 
 
 @dataclass(frozen=True)
-class Plan:
+class ReviewPlan:
+    """A named, validated sequence of review passes (lint first; filter after a grade)."""
+
     name: str
     passes: tuple[PassSpec, ...]
 
@@ -142,7 +144,7 @@ class Plan:
         return {"name": self.name, "passes": [{p.name: {k: v for k, v in dataclasses.asdict(p).items() if k != "name"}} for p in self.passes]}
 
 
-def plan_from_dict(data: Any, where: str = "plan") -> Plan:
+def plan_from_dict(data: Any, where: str = "plan") -> ReviewPlan:
     if not isinstance(data, dict) or "passes" not in data:
         raise PrealignError(f"{where}: a plan is a mapping with a 'passes' list")
     unknown = sorted(set(data) - {"name", "passes", "description"})
@@ -172,10 +174,10 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
         passes.append(config_from_dict(PASS_TYPES[kind], settings, where=f"{where}: pass {i} ({kind})"))
     if not passes or passes[0].name != "lint":
         passes.insert(0, LintPass())
-    return Plan(str(data.get("name") or "custom"), tuple(passes))
+    return ReviewPlan(str(data.get("name") or "custom"), tuple(passes))
 
 
-def load_plan(name_or_path: str | os.PathLike) -> Plan:
+def load_plan(name_or_path: str | os.PathLike) -> ReviewPlan:
     """A packaged plan by name (`default`, `lint-only`, ...) or a .yaml/.yml/.toml/.json file."""
     path = Path(name_or_path)
     if not path.exists():

@@ -5,16 +5,21 @@
     prealign synth render --engine ray --ray-address auto ...      # join a running cluster
 
 Each pending rank is one row of a Ray dataset; a pool of `workers` actors (callable class
-`_RankWorker`) runs `prealign.synth.render.process_rank` on it with its own asyncio loop and
+`_RankWorker`) runs `prealign.synth.rank.process_rank` on it with its own asyncio loop and
 client, and writes the rank's shard, marker and ledger file itself, exactly as the local engine
 does. So on a cluster `--out` must be a filesystem every node sees (NFS, a mounted bucket), and a
-failed or killed job resumes from the finished ranks' markers. Ray is imported only here, inside
-functions: the core never needs it.
+failed or killed job resumes from the finished ranks' markers. This module is an executor only:
+it knows the rank step (prealign.synth.rank), never the run that calls it (prealign.synth.run).
+Ray is imported only here, inside functions: the core never needs it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 from prealign.errors import PrealignError, require_extra
+from prealign.synth.rank import Runtime, SynthConfig, config_from_mapping, config_to_mapping, process_rank, rank_items
 
 
 class _RankWorker:
@@ -22,17 +27,10 @@ class _RankWorker:
     its rank's items, so a worker never loads the whole input)."""
 
     def __init__(self, config: dict):
-        from prealign.synth.render import config_from_mapping
-
         self.cfg = config_from_mapping(config)
         self.plan = self.cfg.resolved_plan()
 
     def __call__(self, batch: dict) -> dict:
-        import asyncio
-        import json
-
-        from prealign.synth.render import Runtime, process_rank
-
         kept = []
         for rank, items_json in zip(batch["rank"], batch["items"]):
             rank, items = int(rank), json.loads(items_json)
@@ -48,15 +46,13 @@ class _RankWorker:
         return {"rank": list(batch["rank"]), "kept": kept}
 
 
-def run_ranks_ray(cfg, pending: list[int], items: list[dict]) -> list[dict]:
+def run_ranks_ray(cfg: SynthConfig, pending: list[int], items: list[dict]) -> list[dict]:
     """Process `pending` ranks of `items` on Ray (a local instance unless `cfg.ray_address` names
     a cluster)."""
     if not pending:
         return []
     ray = require_extra("ray", "ray")
     require_extra("ray.data", "ray")
-    from prealign.synth.render import config_to_mapping
-
     started = False
     if not ray.is_initialized():
         kwargs = {"include_dashboard": False, "log_to_driver": False}
@@ -67,10 +63,6 @@ def run_ranks_ray(cfg, pending: list[int], items: list[dict]) -> list[dict]:
         ray.init(**kwargs)
         started = True
     try:
-        import json
-
-        from prealign.synth.render import rank_items
-
         rows = [{"rank": r, "items": json.dumps(rank_items(cfg, items, r), ensure_ascii=False)} for r in pending]
         ds = ray.data.from_items(rows, override_num_blocks=len(pending))
         out = ds.map_batches(_RankWorker, fn_constructor_kwargs={"config": config_to_mapping(cfg)},

@@ -1,13 +1,13 @@
-"""The synth pipeline: scenarios (or documents, or human text) -> reviewed Parquet shards.
+"""One rank of a synth run: its items, the first step (render / transform / as-is), the review
+plan, and the rank's files. No executor lives here.
 
-    prealign synth render --scenarios runs/world/scenarios.jsonl --endpoint http://127.0.0.1:8000/v1 \
-        --model NAME --out runs/synth --plan default
+    from prealign.synth.rank import SynthConfig, Runtime, load_items, process_rank, rank_items
 
 One run is a list of *items* (a scenario to render, a document to review, a chunk of human text
 to transform, a gold document to import), cut into ranks of `shard_size` items in input order.
-Each rank's documents go through the first step (render / transform / as-is) and then the review
-plan (prealign.synth.passes), concurrently, under one client-wide limit on requests in flight.
-A finished rank writes, each atomically, then its completion marker (prealign.data):
+Each rank's documents go through the first step and then the review plan (prealign.synth.passes),
+concurrently, under one client-wide limit on requests in flight. A finished rank writes, each
+atomically, then its completion marker (prealign.data.write_marker):
 
     RUN/part-{rank:05d}.parquet        kept documents: id, scenario_id, text, labels, provenance,
                                        variant, scheme (labels and provenance are JSON strings)
@@ -16,10 +16,9 @@ A finished rank writes, each atomically, then its completion marker (prealign.da
     RUN/completions/{rank:05d}         the marker: counts and kept tokens of the rank
     RUN/ledger/rank-{rank}.jsonl       one line per request, written as it completes
 
-and when every rank is done: RUN/ledger.jsonl, RUN/escalate.jsonl and RUN/run.json (config,
-counts, ledger totals). A re-run of the same command skips finished ranks and answers repeated
-requests from RUN/cache, so an interrupted run resumes without paying twice or duplicating a
-document. `--engine ray` runs the same rank function as Ray tasks (prealign.synth.ray_runner).
+The step knows nothing of who runs it, as datatrove keeps pipeline steps apart from executors:
+prealign.synth.run drives ranks in one process (asyncio) and prealign.synth.ray_runner drives
+the same `process_rank` as Ray tasks.
 """
 
 from __future__ import annotations
@@ -28,20 +27,19 @@ import asyncio
 import dataclasses
 import json
 import math
-import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from prealign._util import atomic_path, config_from_dict, run_meta, sha256_file, write_json
-from prealign.data import marker_path, part_path, rank_done
+from prealign._util import atomic_path, config_from_dict, iter_jsonl, write_jsonl
+from prealign.data import part_path, write_marker
 from prealign.errors import PrealignError
 from prealign.modes import get_scheme
-from prealign.synth.client import ChatClient, ClientConfig, RequestFailed, estimate_tokens
-from prealign.synth.ledger import LedgerWriter, consolidate, ledger_entry, read_ledger, summarise
-from prealign.synth.passes import Doc, PassContext, labels_of, run_plan
-from prealign.synth.plan import LLM_PASSES, Plan, load_plan, plan_from_dict
+from prealign.synth.client import ChatClient, ClientConfig, estimate_tokens
+from prealign.synth.ledger import LedgerWriter, ledger_entry
+from prealign.synth.passes import Doc, PassContext, labels_of, run_plan, world_hazard
+from prealign.synth.plan import LLM_PASSES, ReviewPlan, load_plan, plan_from_dict
 from prealign.synth.templates import fence, load_template, neutralise_tags, strip_fences
 
 KINDS = ("render", "review", "transform", "import")
@@ -57,7 +55,7 @@ class SynthConfig:
     inputs: tuple[str, ...]
     out: str
     client: ClientConfig | None = None
-    plan: Plan | None = None  # None: `default` for render/review/transform, `lint-only` for import
+    plan: ReviewPlan | None = None  # None: `default` for render/review/transform, `lint-only` for import
     scheme: str = "seed"
     shard_size: int = 64
     prompt_dir: str | None = None
@@ -87,7 +85,7 @@ class SynthConfig:
         if self.client is None and (self.kind in ("render", "transform") or any(p.name in LLM_PASSES for p in self.resolved_plan().passes)):
             raise PrealignError(f"synth {self.kind} with plan {self.resolved_plan().name!r} needs an LLM: pass --endpoint and --model")
 
-    def resolved_plan(self) -> Plan:
+    def resolved_plan(self) -> ReviewPlan:
         if self.plan is not None:
             return self.plan
         return load_plan("lint-only" if self.kind == "import" else "default")
@@ -133,8 +131,6 @@ def load_items(cfg: SynthConfig) -> list[dict]:
 
 def load_scenarios(paths: tuple[str, ...]) -> list[dict]:
     """Scenario objects from JSONL files (as `prealign world --scenarios-only` writes them)."""
-    from prealign._util import iter_jsonl
-
     items, seen = [], {}
     for path in paths:
         if Path(path).is_dir():
@@ -219,8 +215,6 @@ async def first_step(cfg: SynthConfig, item: dict, ctx: PassContext, rt: Runtime
 def scenario_for_prompt(scenario: dict) -> dict:
     """The scenario plus the facts of the world hazards it names (the writer must know them to
     let humans mention them, and to keep them out of AI text)."""
-    from prealign.synth.passes import world_hazard
-
     ids: list[str] = []
 
     def walk(node: Any) -> None:
@@ -239,7 +233,7 @@ def scenario_for_prompt(scenario: dict) -> dict:
     return {**scenario, "hazard_facts": facts} if facts else scenario
 
 
-async def process_doc(cfg: SynthConfig, plan: Plan, item: dict, ctx: PassContext, rt: Runtime) -> Doc:
+async def process_doc(cfg: SynthConfig, plan: ReviewPlan, item: dict, ctx: PassContext, rt: Runtime) -> Doc:
     doc = await first_step(cfg, item, ctx, rt)
     if doc.failures:
         doc.status = "rejected"
@@ -247,7 +241,7 @@ async def process_doc(cfg: SynthConfig, plan: Plan, item: dict, ctx: PassContext
     return await run_plan(plan, doc, ctx)
 
 
-async def process_rank(cfg: SynthConfig, plan: Plan, rank: int, items: list[dict], rt: Runtime,
+async def process_rank(cfg: SynthConfig, plan: ReviewPlan, rank: int, items: list[dict], rt: Runtime,
                        on_doc: Callable[[Doc], None] | None = None, window: asyncio.Semaphore | None = None,
                        started: asyncio.Event | None = None) -> dict:
     """Every document of one rank, concurrently; then the rank's files and its marker.
@@ -323,21 +317,15 @@ def write_rank(cfg: SynthConfig, rank: int, docs: list[Doc]) -> dict:
         _write_table(out / "rejected" / f"rejected-{rank:05d}.parquet",
                      [{**_row(d), "failures": json.dumps(d.failures, ensure_ascii=False)} for d in rejected], ("failures",))
     if escalated:
-        with atomic_path(out / "escalate" / f"{rank:05d}.jsonl") as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for d in escalated:
-                    f.write(json.dumps({**_row(d), "labels": labels_of(d), "provenance": d.provenance,
-                                        "reason": d.escalation, "grade": d.grade, "crosscheck": d.crosscheck},
-                                       ensure_ascii=False) + "\n")
+        write_jsonl(out / "escalate" / f"{rank:05d}.jsonl",
+                    [{**_row(d), "labels": labels_of(d), "provenance": d.provenance, "reason": d.escalation,
+                      "grade": d.grade, "crosscheck": d.crosscheck} for d in escalated])
     counts = {
         "records": len(kept), "kept": len(kept), "rejected": len(rejected), "escalated": len(escalated),
         "kept_tokens": sum(d.text_tokens for d in kept), "kept_chars": sum(len(d.text) for d in kept),
         "reject_reasons": dict(Counter(_reason_code(d.failures[0]) for d in rejected if d.failures)),
     }
-    marker = marker_path(out, rank)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(marker) as tmp:
-        tmp.write_text(json.dumps(counts) + "\n")
+    write_marker(out, rank, counts)
     return counts
 
 
@@ -347,142 +335,3 @@ def _reason_code(reason: str) -> str:
         return f"{head}:{reason.rsplit('[', 1)[1][:-1]}"
     return head
 
-
-# --- the run --------------------------------------------------------------------------------------
-
-
-def fingerprint(cfg: SynthConfig) -> dict:
-    """What must not change between a run and its resumption (else ranks would not line up)."""
-    inputs = []
-    for p in cfg.inputs:
-        path = Path(p)
-        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        inputs += [[str(f), _file_digest(f)] for f in files if f.exists()]
-    plan = cfg.resolved_plan()
-    templates = sorted({p.prompt for p in plan.passes if hasattr(p, "prompt")} | ({cfg.kind} if cfg.kind in ("render", "transform") else set()))
-    return json.loads(json.dumps({
-        "kind": cfg.kind, "inputs": inputs, "shard_size": cfg.shard_size, "scheme": cfg.scheme,
-        "field": cfg.field, "chunk_chars": cfg.chunk_chars, "plan": plan.to_dict(),
-        "model": cfg.client.model if cfg.client else None,
-        "templates": {t: load_template(t, cfg.prompt_dir).version for t in templates},
-    }))
-
-
-def _file_digest(path: Path, full_limit: int = 256 << 20, edge: int = 8 << 20) -> str:
-    """sha256 of a file; above `full_limit` bytes, of its size and first and last `edge` bytes
-    (hashing terabytes of input on every resume would cost more than the check is worth)."""
-    size = path.stat().st_size
-    if size <= full_limit:
-        return sha256_file(path, 16)
-    import hashlib
-
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(edge))
-        f.seek(size - edge)
-        h.update(f.read(edge))
-    return "edges:" + h.hexdigest()[:16]
-
-
-def check_resumable(cfg: SynthConfig, fp: dict) -> None:
-    out = Path(cfg.out)
-    state = out / "synth_state.json"
-    if state.exists():
-        old = json.loads(state.read_text(encoding="utf-8"))
-        if old != fp:
-            changed = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
-            raise PrealignError(f"{out} holds a synth run with different {', '.join(changed)}; "
-                                "use a new --out (or delete the old run) instead of mixing two runs")
-    elif (out / "completions").exists() and any((out / "completions").iterdir()):
-        raise PrealignError(f"{out} already holds shards from another command; use a new --out")
-    else:
-        write_json(state, fp)
-
-
-def run_synth(cfg: SynthConfig) -> dict:
-    """Run (or resume) a synth job; returns the run summary also written to RUN/run.json."""
-    cfg = cfg.with_cache()
-    plan = cfg.resolved_plan()
-    items = load_items(cfg)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    check_resumable(cfg, fingerprint(cfg))
-    total = n_ranks(cfg, len(items))
-    pending = [r for r in range(total) if not rank_done(cfg.out, r)]
-    if cfg.engine == "ray":
-        from prealign.synth.ray_runner import run_ranks_ray
-
-        run_ranks_ray(cfg, pending, items)
-    else:
-        asyncio.run(_run_local(cfg, plan, items, pending))
-    return finish_run(cfg, total, len(items))
-
-
-async def _run_local(cfg: SynthConfig, plan: Plan, items: list[dict], pending: list[int]) -> None:
-    from tqdm.auto import tqdm
-
-    rt = Runtime(cfg)
-    concurrency = cfg.client.concurrency if cfg.client else 1
-    # Documents in flight: enough that the request limit, not a document's chain of passes or a
-    # rank boundary, sets the pace; bounded so memory does not grow with the corpus.
-    window = asyncio.Semaphore(max(4 * concurrency, 8))
-    n_docs = sum(len(rank_items(cfg, items, r)) for r in pending)
-    bar = tqdm(total=n_docs, desc=f"synth {cfg.kind}", unit="doc", disable=not cfg.progress)
-    failures: list[tuple[int, Exception]] = []
-
-    async def rank_task(rank: int, started: asyncio.Event) -> None:
-        try:
-            await process_rank(cfg, plan, rank, rank_items(cfg, items, rank), rt, on_doc=lambda d: bar.update(1),
-                               window=window, started=started)
-        except Exception as e:  # keep other ranks going; reported below
-            failures.append((rank, e))
-
-    tasks = []
-    try:
-        for r in pending:  # start ranks in order, each once the previous one has all its documents going
-            started = asyncio.Event()
-            tasks.append(asyncio.ensure_future(rank_task(r, started)))
-            await started.wait()
-        await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()
-        bar.close()
-        await rt.aclose()
-    if failures:
-        failures.sort(key=lambda x: x[0])
-        rank, first = failures[0]
-        if len(failures) == 1 and not isinstance(first, RequestFailed) and isinstance(first, PrealignError):
-            raise first
-        raise PrealignError(f"{len(failures)} of {len(pending)} rank(s) did not finish (rank {rank}: {first}); "
-                            "finished ranks are kept: re-run the same command to resume")
-
-
-def finish_run(cfg: SynthConfig, total: int, n_items: int) -> dict:
-    """Consolidate the ledger and escalate queue and write RUN/run.json (once every rank is done)."""
-    out = Path(cfg.out)
-    missing = [r for r in range(total) if not rank_done(out, r)]
-    if missing:
-        raise PrealignError(f"{out}: {len(missing)} rank(s) unfinished (first: {missing[0]}); re-run the same command to resume")
-    counts: Counter = Counter()
-    reasons: Counter = Counter()
-    for r in range(total):
-        m = json.loads(marker_path(out, r).read_text())
-        for k in ("kept", "rejected", "escalated", "kept_tokens", "kept_chars"):
-            counts[k] += int(m.get(k, 0))
-        reasons.update(m.get("reject_reasons", {}))
-    if (out / "ledger").exists():
-        consolidate(out)
-    with atomic_path(out / "escalate.jsonl") as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for p in sorted((out / "escalate").glob("*.jsonl")) if (out / "escalate").exists() else []:
-                f.write(p.read_text(encoding="utf-8"))
-    ledger = summarise(read_ledger(out)) if (out / "ledger.jsonl").exists() else summarise([])
-    summary = {
-        "items": n_items, "ranks": total,
-        "kept": counts["kept"], "rejected": counts["rejected"], "escalated": counts["escalated"],
-        "kept_tokens": counts["kept_tokens"], "kept_chars": counts["kept_chars"],
-        "reject_reasons": dict(reasons.most_common()),
-        "ledger": ledger,
-    }
-    write_json(out / "run.json", run_meta(config_to_mapping(cfg), cfg.seed, summary=summary))
-    return summary
