@@ -1,4 +1,4 @@
-"""DDP test: `torchrun --nproc_per_node=2 -m prealign.train` (gloo, CPU) gives the same training
+"""DDP test: `torchrun --nproc_per_node=2 -m prealign.cli train` (gloo, CPU) gives the same training
 as one process with the same global batch, within float tolerance.
 
     .venv/bin/pytest -q tests/test_train_ddp.py -x
@@ -33,11 +33,11 @@ def test_two_process_ddp_matches_one_process(tmp_path):
             "--val-fraction", "0.1", "--no-progress", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     small = ["--preset", "tiny"]
-    one = subprocess.run([sys.executable, "-m", "prealign.train", *args, *small, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "prealign.cli", "train", *args, *small, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "prealign.train", *args, *small, "--out", str(tmp_path / "two")],
+                          "-m", "prealign.cli", "train", *args, *small, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=180)
     assert two.returncode == 0, two.stderr[-3000:]
 

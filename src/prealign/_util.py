@@ -151,6 +151,27 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config
     return cls(**data)  # type: ignore[call-arg]
 
 
+def command_line(verb: str, *arguments: Any, **options: Any) -> str:
+    """`prealign VERB ARG... --option value ...`, quoted for a shell: how a step that ran from
+    Python is recorded as the command that reproduces it. `None` and `False` options are left
+    out, `True` is a bare flag, and a list or tuple repeats the flag once per item."""
+    import shlex
+
+    parts = ["prealign", *verb.split(), *(str(a) for a in arguments)]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                parts += [flag, str(v)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -5,12 +5,14 @@
 Each reply is generated under the lock and shown segment by segment: the AI's own words plainly,
 human text it quotes marked as a quote, quarantined text (after a mode exit under the
 `quarantine` policy) struck through as zero-privilege, then a dim line with the stop reason and the
-largest masked illegal-tag mass. The conversation history is kept as a tagged dialogue (only this
-scaffold inserts tags; your messages are always untrusted text).
+largest masked illegal-tag mass. The conversation is kept as messages and rendered by `prealign.conversation`,
+exactly as the server renders one: your messages are untrusted text, the AI's own earlier replies
+are verified turns in AI mode.
 
-Commands: /policy stop|quarantine, /threshold X|off, /nolock, /lock, /reset, /history, /help, /quit.
+Commands: /policy stop|quarantine, /threshold X, /lock none|mask|lock, /guard on|off|X, /reset,
+/history, /help, /quit.
 
-The session (`ChatSession`) and the renderer (`render`) are library code: they never print;
+The session (`ChatSession`) and the renderer (`format_reply`) are library code: they never print;
 `run_repl(session, read, write)` takes the input and output functions (the CLI passes rich's).
 """
 
@@ -19,14 +21,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from prealign.conversation import Message, prompt_ids
 from prealign.errors import PrealignError
-from prealign.generate import POLICIES, LockedResult, build_dialogue_prompt, generate_locked_batch, resolve_scheme
+from prealign.generate import generate_locked_batch
+from prealign.sampling import Sampling
+from prealign.lock import LOCK_MODES, POLICIES, LockedResult, LockSettings
+from prealign.model import context_length
 from prealign.modes import Mode
+from prealign.tokenizer import resolve_scheme
 
 HELP = (
     "/policy stop|quarantine   what a mode exit does\n"
-    "/threshold X|off          mode-confusion exit threshold (masked illegal-tag mass)\n"
-    "/nolock, /lock            generate without / with the lock (comparison)\n"
+    "/threshold X              mode-confusion exit threshold (masked illegal-tag mass)\n"
+    "/lock none|mask|lock      no lock, the mask only, or the full lock (comparison)\n"
     "/guard on|off|X           the probe guard (X: its P(human) threshold)\n"
     "/reset                    forget the conversation\n"
     "/history                  show the conversation so far\n"
@@ -36,85 +43,83 @@ HELP = (
 
 @dataclass
 class ChatSession:
-    """A conversation with a locked model: settings, history, and one call per reply."""
+    """A conversation with a locked model: settings, history, and one call per reply.
+
+    `guard`: an exit signal already resolved (`prealign.probes.resolve_guard`), or None.
+    """
 
     model: object
     tokenizer: object
-    policy: str = "stop"
-    exit_threshold: float | None = 0.5
-    lock: bool = True
-    max_new_tokens: int = 128
-    temperature: float = 0.8
-    top_k: int = 0
-    history: list[tuple[str, list[int], LockedResult]] = field(default_factory=list)
-    guard: object = "auto"  # the probe guard (issue 12): "auto" / True / False / a path, or a ProbeGuard
+    lock: LockSettings = field(default_factory=LockSettings)
+    sampling: Sampling = field(default_factory=Sampling)
+    guard: object = None
+    history: list[tuple[str, LockedResult]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.scheme = resolve_scheme(self.tokenizer, (getattr(self.model, "prealign_meta", None) or {}).get("scheme"))
-        if not hasattr(self.guard, "reason"):  # resolve once: a ProbeGuard, or None
-            from prealign.probes import load_guard
-
-            self.guard = load_guard(self.model, self.tokenizer, self.guard)
         self._guard_base = self.guard  # the calibrated guard that /guard on restores
-        cfg = getattr(self.model, "config", None)
-        self.context = int(getattr(cfg, "max_position_embeddings", 0) or 0) or 2048
+        self.context = context_length(self.model)
+
+    def messages(self, text: str | None = None) -> list[Message]:
+        """The conversation so far (plus `text` as the next user turn): the AI's replies are
+        verified turns, as far as they may be held to the AI (up to any mode exit)."""
+        out: list[Message] = []
+        for human, res in self.history:
+            out += [Message("user", human), Message("assistant", res.text, verified=True)]
+        return out + ([Message("user", text)] if text is not None else [])
 
     def _prompt(self, text: str) -> list[int]:
-        turns = [(h, ids) for h, ids, _ in self.history]
         while True:
-            ids = build_dialogue_prompt(self.tokenizer, turns, text, self.scheme)
-            if len(ids) + self.max_new_tokens <= self.context or not turns:
+            ids = prompt_ids(self.tokenizer, self.messages(text), self.scheme)
+            if len(ids) + self.sampling.max_new_tokens <= self.context or not self.history:
                 break
-            turns = turns[1:]  # forget the oldest turn
-        if len(ids) + self.max_new_tokens > self.context:
+            self.history = self.history[1:]  # forget the oldest turn
+        if len(ids) + self.sampling.max_new_tokens > self.context:
             raise PrealignError(f"the message is {len(ids)} tokens; the model's context is {self.context}")
         return ids
 
     def reply(self, text: str) -> LockedResult:
         prompt = self._prompt(text)
-        gen = {"do_sample": False} if self.temperature == 0 else {"do_sample": True, "temperature": self.temperature,
-                                                                   "top_k": self.top_k}
-        res = generate_locked_batch(self.model, self.tokenizer, [text], prompt_ids=[prompt], policy=self.policy,
-                                    exit_threshold=self.exit_threshold, lock=self.lock, scheme=self.scheme,
-                                    max_new_tokens=self.max_new_tokens, guard=self.guard, **gen)[0]
-        # the history keeps only what the AI may be held to: its words up to any mode exit
-        cut = next((s.start for s in res.segments if s.quarantined), len(res.ids))
-        self.history.append((text, list(res.ids[:cut]), res))
+        res = generate_locked_batch(self.model, self.tokenizer, [text], prompt_ids=[prompt], policy=self.lock.policy,
+                                    exit_threshold=self.lock.threshold, lock=self.lock.locked, scheme=self.scheme,
+                                    max_new_tokens=self.sampling.max_new_tokens, guard=self.guard,
+                                    **self.sampling.generate_kwargs())[0]
+        self.history.append((text, res))
         return res
 
     def command(self, line: str) -> str | None:
         """Apply a /command; returns a message, or None for /quit."""
+        from dataclasses import replace
+
         parts = line.strip().split()
         cmd, args = parts[0].lower(), parts[1:]
         if cmd in ("/quit", "/exit", "/q"):
             return None
         if cmd == "/help":
             return HELP
-        if cmd == "/policy":
-            if len(args) != 1 or args[0] not in POLICIES:
-                return f"usage: /policy {'|'.join(POLICIES)} (now {self.policy})"
-            self.policy = args[0]
-            return f"policy: {self.policy}"
-        if cmd == "/threshold":
-            if len(args) != 1:
-                return f"usage: /threshold X|off (now {self.exit_threshold})"
-            if args[0] in ("off", "none"):
-                self.exit_threshold = None
-            else:
+        try:
+            if cmd == "/policy":
+                if len(args) != 1:
+                    return f"usage: /policy {'|'.join(POLICIES)} (now {self.lock.policy})"
+                self.lock = replace(self.lock, policy=args[0])
+                return f"policy: {self.lock.policy}"
+            if cmd == "/threshold":
+                if len(args) != 1:
+                    return f"usage: /threshold X (now {self.lock.exit_threshold})"
                 try:
                     v = float(args[0])
                 except ValueError:
                     return f"not a number: {args[0]}"
-                if not 0 <= v <= 1:
-                    return "the threshold is a probability mass in [0, 1]"
-                self.exit_threshold = v
-            return f"exit threshold: {self.exit_threshold if self.exit_threshold is not None else 'off (mask only)'}"
-        if cmd == "/nolock":
-            self.lock = False
-            return "lock OFF: replies are generated without the mask or the exit (comparison only)"
-        if cmd == "/lock":
-            self.lock = True
-            return "lock on"
+                self.lock = replace(self.lock, exit_threshold=v)
+                return f"exit threshold: {self.lock.exit_threshold}"
+            if cmd == "/lock":
+                if len(args) != 1:
+                    return f"usage: /lock {'|'.join(LOCK_MODES)} (now {self.lock.mode})"
+                self.lock = replace(self.lock, mode=args[0])
+                return {"none": "lock OFF: replies are generated without the mask or the exit (comparison only)",
+                        "mask": "mask only: illegal tags masked, no mode-confusion exit"}.get(self.lock.mode, "lock on")
+        except PrealignError as e:
+            return str(e)
         if cmd == "/guard":
             return self._guard_command(args)
         if cmd == "/reset":
@@ -123,11 +128,11 @@ class ChatSession:
         if cmd == "/history":
             if not self.history:
                 return "(no conversation yet)"
-            return "\n".join(f"you: {h}\nAI:  {r.text}" for h, _, r in self.history)
+            return "\n".join(f"you: {h}\nAI:  {r.text}" for h, r in self.history)
         return f"unknown command {cmd}; /help lists them"
 
     def _guard_command(self, args: list[str]) -> str:
-        from prealign.probes import ProbeGuard, load_guard
+        from prealign.probes import ProbeGuard, resolve_guard
 
         now = f"on (P(human) > {self.guard.threshold} for {self.guard.k} tokens)" if self.guard is not None else "off"
         if len(args) != 1:
@@ -137,7 +142,7 @@ class ChatSession:
             return "probe guard off"
         try:
             if self._guard_base is None:
-                self._guard_base = load_guard(self.model, self.tokenizer, True)
+                self._guard_base = resolve_guard(self.model, self.tokenizer, "on")
             base = self._guard_base
             if args[0] == "on":
                 self.guard = base
@@ -152,7 +157,7 @@ class ChatSession:
         return f"probe guard on: P(human) > {self.guard.threshold} for {self.guard.k} consecutive tokens ends the reply"
 
 
-def render(result: LockedResult, scheme) -> "object":
+def format_reply(result: LockedResult, scheme) -> "object":
     """A rich `Text` for one reply: modes visibly distinct, then the stop line."""
     from rich.text import Text
 
@@ -181,8 +186,8 @@ def render(result: LockedResult, scheme) -> "object":
 
 def run_repl(session: ChatSession, read: Callable[[str], str], write: Callable[[object], None]) -> int:
     """The loop: read a line, run a command or reply. Returns the number of replies."""
-    write(f"prealign chat: scheme {session.scheme.name}, policy {session.policy}, "
-          f"exit threshold {session.exit_threshold}. /help for commands, /quit to leave.")
+    write(f"prealign chat: scheme {session.scheme.name}, lock {session.lock.mode}, policy {session.lock.policy}, "
+          f"exit threshold {session.lock.exit_threshold}. /help for commands, /quit to leave.")
     n = 0
     while True:
         try:
@@ -203,5 +208,5 @@ def run_repl(session: ChatSession, read: Callable[[str], str], write: Callable[[
         except PrealignError as e:
             write(f"error: {e}")
             continue
-        write(render(res, session.scheme))
+        write(format_reply(res, session.scheme))
         n += 1

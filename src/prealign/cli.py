@@ -38,8 +38,8 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _register()
     _quiet_libraries()
+    _register()
     try:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int):

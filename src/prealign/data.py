@@ -161,6 +161,17 @@ def iter_texts(path: str | os.PathLike, field: str = "text") -> Iterator[tuple[i
             yield record, buf
 
 
+def read_texts(path: str | os.PathLike, limit: int | None = None, field: str = "text") -> list[str]:
+    """The documents of a shard directory or a corpus file (.parquet, .jsonl, .txt), at most `limit`."""
+    out: list[str] = []
+    for f in shard_files(path):
+        for _, text in iter_texts(f, field=field):
+            out.append(text)
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
 def iter_text_chunks(path: str | os.PathLike, chunk_chars: int = 1 << 22) -> Iterator[str]:
     """Read a UTF-8 text file in chunks; binary junk is one clear error, not a traceback."""
     path = Path(path)

@@ -1,7 +1,9 @@
 """The tag grammar: schemes, modes, tags, and the lock's batched state machine.
 
-This module is the single home of every tag string in prealign (STYLE §"In prealign" 1). The
-tokenizer, the linter, the lock, the renderers and the evaluations all ask it; none spells a tag.
+This module is the single home of every tag string in prealign. The tokenizer, the linter, the
+lock, the renderers and the evaluations all ask it; none spells a tag. It also holds the lock's
+vocabulary (policies, lock modes, stop reasons), so the server, the metrics and the report read
+them without importing torch.
 
 A *scheme* is data: its modes, its initial mode, its tags (each one special token) and the
 transition each tag makes. The lock's state machine (`ModeMachine`) turns a scheme plus a
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -233,6 +235,72 @@ def special_tokens(scheme: str | Scheme = DEFAULT_SCHEME) -> tuple[str, ...]:
 
 
 # --- the lock's state machine --------------------------------------------------------------------
+
+# --- the lock's vocabulary (pure: read by the lock, the server, the metrics and the report) -------
+
+POLICIES = ("stop", "quarantine")
+# none: no mask, no exit (the "tagged" row); mask: illegal tags masked, no exit ("tagged+mask");
+# lock: mask plus the mode-confusion exit ("tagged+lock", the default)
+LOCK_MODES = ("none", "mask", "lock")
+
+# Stop reasons, in the order a reader meets them: the one list every module reads.
+STOP_EOS = "eos"  # the model ended its reply (EOS, legal only in AI mode)
+STOP_AI_END = "ai_end"  # the AI's closing tag: it handed back to a human
+STOP_BLOCKED = "blocked_mode"  # a tag entered another exit mode (e.g. quoting an unaligned AI)
+STOP_LENGTH = "length"  # max_new_tokens reached
+STOP_MODE_CONFUSION = "mode_confusion"  # masked illegal-tag mass exceeded the threshold
+STOP_PROBE_GUARD = "probe_guard"  # the probe guard read a run of human-mode belief (prealign.probes)
+STOP_REASONS = (STOP_EOS, STOP_AI_END, STOP_BLOCKED, STOP_LENGTH, STOP_MODE_CONFUSION, STOP_PROBE_GUARD)
+# the stop reasons that mean the model tried to leave AI mode
+EXIT_REASONS = (STOP_BLOCKED, STOP_MODE_CONFUSION, STOP_PROBE_GUARD)
+
+
+@dataclass(frozen=True)
+class LockSettings:
+    """How replies are locked: the one validator of these settings (it names the bad field).
+
+    `mode`: `none` (no mask, no exit), `mask` (illegal tags masked, no exit) or `lock` (mask plus
+    the mode-confusion exit). `policy`: what a mode exit does, `stop` (end the reply) or
+    `quarantine` (go on, the rest zero-privilege). `exit_threshold`: the masked illegal-tag
+    probability mass above which a step is a mode exit (used by `lock`).
+    """
+
+    mode: str = "lock"
+    policy: str = "stop"
+    exit_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in LOCK_MODES:
+            raise PrealignError(f"lock must be one of {', '.join(LOCK_MODES)}, got {self.mode!r}")
+        if self.policy not in POLICIES:
+            raise PrealignError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        t = self.exit_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:  # NaN fails too
+            raise PrealignError(f"exit_threshold must be a number in [0, 1], got {t!r}")
+
+    @property
+    def locked(self) -> bool:
+        """Whether the lock's processor runs at all (mask or full lock)."""
+        return self.mode != "none"
+
+    @property
+    def threshold(self) -> float | None:
+        """The mode-confusion exit threshold in force (None: no exit)."""
+        return float(self.exit_threshold) if self.mode == "lock" else None
+
+    def cli_options(self) -> dict[str, Any]:
+        """The CLI options that reproduce these settings (`--lock`, `--policy`, `--exit-threshold`)."""
+        return {"lock": self.mode, "policy": self.policy, "exit_threshold": self.exit_threshold}
+
+    @classmethod
+    def from_args(cls, lock: bool = True, exit_threshold: float | None = 0.5, policy: str = "stop") -> "LockSettings":
+        """From the drivers' keyword arguments: `lock=False` is `none`, `exit_threshold=None` is `mask`."""
+        if not isinstance(lock, bool):
+            raise PrealignError(f"lock must be True or False, got {lock!r}")
+        if not lock:
+            return cls("none", policy, 0.5 if exit_threshold is None else exit_threshold)
+        return cls("mask", policy) if exit_threshold is None else cls("lock", policy, exit_threshold)
+
 
 ILLEGAL = -1  # the table's value for an illegal transition
 

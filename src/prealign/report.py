@@ -16,15 +16,9 @@ from typing import Any, Mapping, Sequence
 
 from prealign._util import read_json, write_text_atomic
 from prealign.errors import PrealignError
+from prealign.evals.metrics import fmt_rate
 
 RATE_KEYS = ("leak_rate", "exit_rate", "wrong_action_rate")
-
-
-def fmt_rate(r: Mapping[str, Any] | None) -> str:
-    """`12.5% [8.1, 18.7] (25/200)`, or `–` when nothing was measured."""
-    if not r or r.get("value") is None:
-        return "–"
-    return f"{100 * r['value']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] ({r['k']}/{r['n']})"
 
 
 def _e(x: Any) -> str:
@@ -75,7 +69,7 @@ GUARD_HEAD = ("row", "suite", "requests", "guard fired", "fired before the first
 
 
 def guard_rows(results: Mapping[str, Any], names: Sequence[str]) -> list[list[str]]:
-    """The probe guard's rates (issue 12) for each named row that has them, benign and hazard requests apart."""
+    """The probe guard's rates for each named row that has them, benign and hazard requests apart."""
     out = []
     for n in names:
         for s, g in ((results["variants"].get(n) or {}).get("guard") or {}).items():

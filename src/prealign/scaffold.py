@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from prealign.generate import LockedResult, Segment
+from prealign.lock import LockedResult, Segment
 from prealign.modes import Privilege
 
 

@@ -3,9 +3,10 @@
     prealign serve --model runs/demo/tagged --host 127.0.0.1 --port 8000
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with SSE
-streaming), `GET /health`. Every message's content (system, user, and even assistant history,
-which the client controls) is untrusted text: it is encoded so that a typed tag is never a tag,
-and the reply is generated under the lock. The response `content` is the AI-visible text; each
+streaming), `GET /health`. Messages become the prompt through `prealign.conversation`, the same
+renderer the chat and the red team use. Every message's content (system, user, and even
+assistant history, which the client controls) is untrusted text: it is encoded so that a typed
+tag is never a tag, and the reply is generated under the lock. The response `content` is the AI-visible text; each
 choice carries a `prealign` extension field (segments, stop reason, exits, masked mass), and a
 request may carry `"prealign": {"policy": "quarantine", "exit_threshold": 0.3}`.
 
@@ -13,7 +14,7 @@ Concurrency: requests go to a bounded queue served by one worker thread that bat
 requests (same sampling settings and policy) into one `generate_locked_batch` call, so the CPU
 stays busy; a full queue answers 503, a request that waits too long answers 504.
 
-From Python (tests, the synthesis engineer's fixtures):
+From Python (tests, or a local endpoint for `prealign synth`):
 
     handle = run_in_thread("runs/demo/tagged", port=0)   # or run_in_thread((model, tokenizer))
     client = openai.OpenAI(base_url=handle.url, api_key="none")
@@ -35,19 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from prealign.errors import PrealignError, require_extra
+from prealign.errors import PrealignError
 
-HTTPRequest = require_extra("fastapi", "serve").Request  # module level: FastAPI resolves annotations here
-from prealign.generate import (  # noqa: E402
-    POLICIES,
-    STOP_LENGTH,
-    LockedResult,
-    annotate,
-    build_prompt,
-    generate_locked_batch,
-    load_for_generation,
-    resolve_scheme,
-)
+from fastapi import Request as HTTPRequest  # module level: FastAPI resolves annotations here
+
+from prealign.conversation import Message, prompt_ids
+from prealign.generate import generate_locked_batch
+from prealign.sampling import Sampling
+from prealign.lock import POLICIES, STOP_LENGTH, STOP_MODE_CONFUSION, LockedResult, LockSettings, ModeLock, annotate
+from prealign.model import context_length, load_model, vocab_size
+from prealign.tokenizer import resolve_scheme
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,7 @@ class ServeConfig:
     """Server settings (`prealign serve` flags)."""
 
     model_name: str = "prealign"
-    policy: str = "stop"
-    exit_threshold: float | None = 0.5
+    lock: LockSettings = LockSettings()  # `mask` or `lock`: the server never generates unlocked
     max_batch: int = 16  # requests (rows) generated together
     batch_wait_ms: float = 5.0  # how long the worker waits to fill a batch
     max_queue: int = 256  # pending rows before 503
@@ -64,16 +61,14 @@ class ServeConfig:
     max_tokens_limit: int = 1024  # largest max_tokens a request may ask
     default_max_tokens: int = 128
     max_prompt_tokens: int | None = None  # default: the model's context minus max_tokens
-    guard: str = "auto"  # the probe guard (issue 12): auto (on when the model dir holds probe/), on, off, or a path
+    guard: str = "auto"  # the probe guard: auto (on when the model dir holds probe/), on, off, or a path
     guard_threshold: float | None = None  # default: the probe's calibrated threshold
 
     def __post_init__(self) -> None:
         if self.guard_threshold is not None and not 0.0 < self.guard_threshold < 1.0:
-            raise PrealignError(f"--guard-threshold must be in (0, 1), got {self.guard_threshold}")
-        if self.policy not in POLICIES:
-            raise PrealignError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if self.exit_threshold is not None and not 0.0 <= self.exit_threshold <= 1.0:
-            raise PrealignError(f"--exit-threshold must be in [0, 1], got {self.exit_threshold}")
+            raise PrealignError(f"guard_threshold must be in (0, 1), got {self.guard_threshold}")
+        if not self.lock.locked:
+            raise PrealignError("the server always generates under the lock: lock must be mask or lock, not none")
         for name in ("max_batch", "max_queue", "max_tokens_limit", "default_max_tokens"):
             if getattr(self, name) < 1:
                 raise PrealignError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -115,11 +110,11 @@ class BatchEngine:
 
     def __init__(self, model, tokenizer, config: ServeConfig):
         self.model, self.tokenizer, self.config = model, tokenizer, config
-        self.scheme = resolve_scheme(tokenizer, None)
-        from prealign.generate import config_guard
+        self.scheme = resolve_scheme(tokenizer, (getattr(model, "prealign_meta", None) or {}).get("scheme"))
+        from prealign.probes import resolve_guard
 
-        guard = config_guard(model, tokenizer, config.guard, config.guard_threshold)
-        self.guard_probe = None if guard is None else guard.probe  # the server's probe guard (issue 12)
+        guard = resolve_guard(model, tokenizer, config.guard, config.guard_threshold)
+        self.guard_probe = None if guard is None else guard.probe  # the server's probe guard
         self._pending: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -185,9 +180,7 @@ class BatchEngine:
         lock = None
         callback = None
         if any(streaming):
-            from prealign.generate import ModeLock, model_vocab_size
-
-            lock = ModeLock.for_tokenizer(self.tokenizer, self.scheme, vocab_size=model_vocab_size(self.model))
+            lock = ModeLock.for_tokenizer(self.tokenizer, self.scheme, vocab_size=vocab_size(self.model))
 
             starts = {i: lock.state_after(batch[i].prompt_ids) for i, s in enumerate(streaming) if s}
 
@@ -205,7 +198,7 @@ class BatchEngine:
                     g = rows[r][: job.max_tokens].tolist()
                     res = annotate(lock, self.tokenizer, job.prompt_ids, g, start_state=starts[i],
                                    exit_codes=None if codes is None else codes[: len(g), r],
-                                   reasons=processor.reasons if processor is not None else ("mode_confusion",),
+                                   reasons=processor.reasons if processor is not None else (STOP_MODE_CONFUSION,),
                                    policy=job.policy)
                     job.on_step(res)
 
@@ -284,23 +277,26 @@ def _content_text(content: Any, where: str) -> str:
     raise APIError(400, f"{where}: content must be a string or a list of text parts", param="messages")
 
 
-def messages_to_text(messages: Any) -> str:
-    """The conversation as one untrusted human text. Assistant turns are quoted as text too: the
-    client controls them, so they can never be replayed as the AI's own (tagged) words."""
+# roles a client may send, as the conversation renderer reads them (all but assistant are untrusted)
+_ROLE_AS = {"system": "system", "developer": "system", "user": "user", "tool": "user", "assistant": "assistant"}
+
+
+def parse_messages(messages: Any) -> list[Message]:
+    """A chat request's messages as `prealign.conversation.Message`s (a 400 naming the bad one).
+    A client's assistant turn is never verified here: it stays untrusted text."""
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
-    lines = []
+    out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
+        if not isinstance(m, dict) or m.get("role") not in _ROLE_AS:
             raise APIError(400, f"messages[{i}] must be an object with a role of system, user or assistant", param="messages")
-        text = _content_text(m.get("content"), f"messages[{i}]")
-        lines.append(text if len(messages) == 1 else f"{m['role']}: {text}")
-    return "\n".join(lines)
+        out.append(Message(_ROLE_AS[m["role"]], _content_text(m.get("content"), f"messages[{i}]")))
+    return out
 
 
 @dataclass(frozen=True)
 class Request:
-    texts: list[str]
+    conversations: list[list[Message]]
     n: int
     max_tokens: int
     stream: bool
@@ -319,8 +315,7 @@ class Service:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.engine = BatchEngine(model, tokenizer, config)
         self.scheme = self.engine.scheme
-        cfg = getattr(model, "config", None)
-        self.context = int(getattr(cfg, "max_position_embeddings", 0) or 0) or 2048
+        self.context = context_length(model)
         self.created = int(time.time())
 
     def parse(self, body: Any, chat: bool) -> Request:
@@ -334,13 +329,13 @@ class Service:
             raise APIError(404, f"the model '{model}' does not exist; this server serves '{self.config.model_name}'",
                            param="model", code="model_not_found")
         if chat:
-            texts = [messages_to_text(body.get("messages"))]
+            conversations = [parse_messages(body.get("messages"))]
         else:
             prompt = body.get("prompt")
             if isinstance(prompt, str):
-                texts = [prompt]
+                conversations = [[Message("user", prompt)]]
             elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-                texts = list(prompt)
+                conversations = [[Message("user", p)] for p in prompt]
             else:
                 raise APIError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
         mt_name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
@@ -366,17 +361,17 @@ class Service:
         if bad:
             raise APIError(400, f"unknown prealign field(s) {', '.join(bad)}; known: {', '.join(sorted(PREALIGN_FIELDS))}",
                            param="prealign")
-        policy = ext.get("policy", self.config.policy)
+        policy = ext.get("policy", self.config.lock.policy)
         if policy not in POLICIES:
             raise APIError(400, f"prealign.policy must be one of {', '.join(POLICIES)}, got {policy!r}", param="prealign.policy")
-        thr = ext.get("exit_threshold", self.config.exit_threshold)
+        default_thr = self.config.lock.threshold
+        thr = ext.get("exit_threshold", default_thr)
         if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 <= thr <= 1):
             raise APIError(400, f"prealign.exit_threshold must be a number in [0, 1] or null, got {thr!r}",
                            param="prealign.exit_threshold")
-        gen = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": float(temperature),
-                                                              "top_p": float(top_p), "top_k": 0}
-        return Request(texts, n, max_tokens, stream, include_usage, stop, gen, policy, None if thr is None else float(thr),
-                       self._guard_threshold(ext))
+        gen = Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p).generate_kwargs()
+        return Request(conversations, n, max_tokens, stream, include_usage, stop, gen, policy,
+                       None if thr is None else float(thr), self._guard_threshold(ext))
 
     def _guard_threshold(self, ext: dict) -> float | None:
         """The probe guard's threshold for a request (None: off). On by default when the server
@@ -399,8 +394,8 @@ class Service:
         out = []
         limit = self.config.max_prompt_tokens or (self.context - req.max_tokens)
         key = (tuple(sorted(req.gen_kwargs.items())), req.policy, req.exit_threshold, req.guard_threshold)
-        for t, text in enumerate(req.texts):
-            ids = build_prompt(self.tokenizer, text, self.scheme)
+        for messages in req.conversations:
+            ids = prompt_ids(self.tokenizer, messages, self.scheme)
             if len(ids) > limit:
                 raise APIError(400, f"the prompt is {len(ids)} tokens; this model takes at most {limit} with max_tokens="
                                     f"{req.max_tokens}", param="messages", code="context_length_exceeded")
@@ -581,7 +576,7 @@ def create_app(model, tokenizer, config: ServeConfig | None = None):
 
 def _load(model: Any):
     if isinstance(model, (str, Path)):
-        return load_for_generation(model)
+        return load_model(model)
     if isinstance(model, tuple) and len(model) == 2:
         return model
     raise PrealignError("serve takes a model directory or a (model, tokenizer) pair")

@@ -123,6 +123,19 @@ def scheme_of(path: str | os.PathLike) -> str | None:
     return read_json(meta)["scheme"] if meta.exists() else None
 
 
+def recorded_scheme(tokenizer) -> str | None:
+    """The scheme recorded next to a loaded tokenizer's directory (None when absent)."""
+    path = getattr(tokenizer, "name_or_path", None)
+    return scheme_of(path) if path and Path(path).is_dir() else None
+
+
+def resolve_scheme(tokenizer, scheme: str | Scheme | None = None) -> Scheme:
+    """The scheme given, else the one recorded next to the tokenizer, else the default."""
+    if scheme is not None:
+        return get_scheme(scheme)
+    return get_scheme(recorded_scheme(tokenizer) or DEFAULT_SCHEME)
+
+
 def tag_token_ids(tokenizer, scheme: str | Scheme = DEFAULT_SCHEME, where: str = "tokenizer") -> dict[str, int]:
     """`{tag: id}` for the scheme's tags; an error naming each tag that is not one special token."""
     scheme = get_scheme(scheme)
@@ -216,6 +229,14 @@ def encode_prompt(tokenizer, human_text: str, scheme: str | Scheme = DEFAULT_SCH
     for kind, piece in scheme.prompt_parts(human_text):
         out += [ids[piece]] if kind == "tag" else encode_untrusted(tokenizer, piece)
     return out
+
+
+def bos_id(tokenizer) -> int:
+    """The id a sequence starts with: BOS, or EOS where EOS doubles as BOS (our tokenizers)."""
+    for v in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if v is not None:
+            return int(v)
+    raise PrealignError("the tokenizer has neither a BOS nor an EOS token")
 
 
 def decode(tokenizer, ids: Sequence[int]) -> str:

@@ -3,7 +3,7 @@ next-token prediction on packed Parquet shards, for every baseline variant, on o
 
     prealign train --data runs/world/tagged --tokenizer runs/tok --preset tiny --out runs/m/tagged
     prealign train --data runs/world/sft --init-from runs/m/mle --variant sft --out runs/m/mle+sft
-    torchrun --standalone --nproc_per_node=2 -m prealign.train --data ... (the same arguments)
+    torchrun --standalone --nproc_per_node=2 -m prealign.cli train --data ... (the same arguments)
 
 The whole method is next-token prediction: no RLHF, no DPO. What makes a run a baseline is only
 its data (`tagged`, `mle`, `filtered`) or its loss mask (`sft`: assistant tokens only, usually
@@ -33,56 +33,15 @@ from typing import Any, Iterator
 import numpy as np
 
 from prealign._util import atomic_path, read_json, run_meta, sha256_file, write_json
+from prealign.data import CORPUS_VARIANTS as VARIANTS
 from prealign.errors import PrealignError
+from prealign.model import MODEL_META, PRESETS, build_model, extend_with_tags, flops_per_token, model_meta
 
-VARIANTS = ("tagged", "mle", "filtered", "sft")
 TRACKERS = ("none", "trackio", "mlflow", "wandb")
 DTYPES = ("float32", "bfloat16")
-MODEL_META = "prealign_model.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 TOKENS_DIR = "tokens"
-
-
-# --- presets --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelPreset:
-    """A model shape plus the optimisation defaults that suit it."""
-
-    hidden_size: int
-    n_layers: int
-    n_heads: int
-    intermediate_size: int
-    seq_len: int
-    batch_size: int  # rows of seq_len tokens per optimizer step (global, across ranks)
-    micro_batch_size: int  # rows per forward pass per rank
-    lr: float
-    warmup_steps: int
-    dtype: str = "float32"
-    tie_embeddings: bool = True
-    description: str = ""
-
-
-PRESETS: dict[str, ModelPreset] = {
-    "tiny": ModelPreset(
-        128, 4, 4, 384, 256, 16, 16, 3e-3, 50,
-        description="≈1–1.5M params (vocab-dependent): the CPU demo, 10 minutes on 2 cores",
-    ),
-    "small": ModelPreset(
-        384, 6, 6, 1024, 512, 32, 16, 1e-3, 200,
-        description="≈12–25M params: CPU over an hour, or minutes on a GPU",
-    ),
-    "gpt-125m": ModelPreset(
-        768, 12, 12, 2048, 1024, 128, 32, 6e-4, 700, dtype="bfloat16",
-        description="≈110–125M params with a 32k vocabulary: one GPU, bf16 autocast",
-    ),
-    "gpt-350m": ModelPreset(
-        1024, 24, 16, 2816, 1024, 256, 16, 3e-4, 1000, dtype="bfloat16",
-        description="≈340–360M params with a 32k vocabulary: GPUs (DDP/FSDP), bf16 autocast",
-    ),
-}
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -159,6 +118,19 @@ class TrainConfig:
         if min(self.eval_every, self.log_every, self.checkpoint_every, self.val_rows) <= 0:
             raise PrealignError("eval_every, log_every, checkpoint_every and val_rows must be positive")
 
+    def command(self) -> str:
+        """The `prealign train` line that runs exactly this config (fields at their default are
+        left out). Under torchrun: `torchrun ... -m prealign.cli train <the same options>`."""
+        from prealign._util import command_line
+
+        default = TrainConfig(data=self.data, out=self.out)
+        opts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("data", "out", "compile", "progress") and getattr(self, f.name) != getattr(default, f.name)}
+        line = command_line("train", data=self.data, out=self.out, **opts)
+        if self.compile is not None:
+            line += " --compile" if self.compile else " --no-compile"
+        return line + ("" if self.progress else " --no-progress")
+
     def resolved(self) -> dict[str, Any]:
         """Every field with the preset's values filled in (what is saved next to the model)."""
         preset = dataclasses.asdict(PRESETS[self.preset])
@@ -170,116 +142,6 @@ class TrainConfig:
         if out["warmup_steps"] is None:
             out["warmup_steps"] = preset["warmup_steps"]
         return out
-
-
-# --- the model -------------------------------------------------------------------------------------
-
-
-def build_model(cfg: dict[str, Any], tokenizer):
-    """A fresh Llama-style causal LM shaped by a resolved config, sized from `len(tokenizer)`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if cfg["hidden_size"] % cfg["n_heads"]:
-        raise PrealignError(f"hidden size {cfg['hidden_size']} is not divisible by {cfg['n_heads']} heads")
-    mc = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
-        num_hidden_layers=cfg["n_layers"],
-        num_attention_heads=cfg["n_heads"],
-        num_key_value_heads=cfg["n_heads"],
-        max_position_embeddings=cfg["seq_len"],
-        tie_word_embeddings=cfg["tie_embeddings"],
-        bos_token_id=tokenizer.eos_token_id,  # EOS doubles as BOS: free samples start from it
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
-    )
-    return LlamaForCausalLM(mc)
-
-
-def init_new_token_rows(model, token_ids: list[int]) -> None:
-    """Give new token rows (tags added to an existing model) the mean of the existing rows.
-
-    The mean keeps the new tokens' logits and hidden states in the range the model already uses;
-    random rows (or transformers' sampled `mean_resizing`) would start each tag as noise.
-    """
-    import torch
-
-    ids = sorted(set(token_ids))
-    if not ids:
-        return
-    mats = [model.get_input_embeddings().weight]
-    out = model.get_output_embeddings()
-    if out is not None and out.weight.data_ptr() != mats[0].data_ptr():
-        mats.append(out.weight)
-    with torch.no_grad():
-        for w in mats:
-            keep = torch.ones(w.shape[0], dtype=torch.bool)
-            keep[ids] = False
-            w[ids] = w[keep].mean(dim=0)
-        if out is not None and getattr(out, "bias", None) is not None:
-            keep = torch.ones(out.bias.shape[0], dtype=torch.bool)
-            keep[ids] = False
-            out.bias[ids] = out.bias[keep].mean()
-
-
-def extend_with_tags(model, tokenizer, scheme) -> list[int]:
-    """Add `scheme`'s tags (and PAD/EOS if absent) to an HF model + tokenizer; return the new ids.
-
-    Resizes the embeddings when the vocabulary grew and initialises the new rows as the mean of
-    the existing ones (`init_new_token_rows`).
-    """
-    from prealign.tokenizer import add_scheme_tags
-
-    new = add_scheme_tags(tokenizer, scheme)
-    n = len(tokenizer)
-    if n > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(n, mean_resizing=False)
-    init_new_token_rows(model, list(new.values()))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if model.config.eos_token_id is None:
-        model.config.eos_token_id = tokenizer.eos_token_id
-    return sorted(new.values())
-
-
-def flops_per_token(model, seq_len: int) -> float:
-    """Training FLOPs per token (PaLM appendix B): 6·N + 12·L·d·T, N = non-embedding params plus
-    the LM head's matmul (counted even when tied). Used for the FLOP/s that bench/train.py reports."""
-    c = model.config
-    emb = model.get_input_embeddings().weight.numel()
-    n = sum(p.numel() for p in model.parameters()) - emb + c.vocab_size * c.hidden_size
-    return 6.0 * n + 12.0 * c.num_hidden_layers * c.hidden_size * seq_len
-
-
-def load_model(path: str | os.PathLike):
-    """`(model, tokenizer)` from a run directory (or any HF causal LM directory).
-
-    The model carries `model.prealign_meta`: the run's `prealign_model.json` (variant, scheme,
-    preset, data hash, tokens seen, ...), or `{}` for a directory prealign did not train.
-    """
-    from transformers import AutoModelForCausalLM
-
-    from prealign.tokenizer import load_tokenizer
-
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise PrealignError(f"{path}: not a model directory (no config.json); train one with `prealign train`")
-    meta = model_meta(path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise PrealignError(f"{path}: cannot load the model ({e})") from None
-    tokenizer = load_tokenizer(path, scheme=meta.get("scheme"))
-    model.prealign_meta = meta
-    model.eval()
-    return model, tokenizer
-
-
-def model_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The run's `prealign_model.json` ({} when absent)."""
-    p = Path(path) / MODEL_META
-    return read_json(p) if p.exists() else {}
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -341,9 +203,8 @@ def _assistant_mask(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[
     """Token ids and SFT target masks: 1 for tokens overlapping an assistant span, and for the
     token right after each span (the newline that ends the reply: the model must learn to stop;
     a reply that ends the document is followed by EOS, a target through `pack_documents`)."""
-    from prealign.errors import require_extra
+    from prealign import formats
 
-    formats = require_extra("prealign.formats", "sft")  # written by the world area
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     masks = []
     for text, offs in zip(texts, enc["offset_mapping"]):
@@ -879,10 +740,3 @@ def _save_model(out: Path, model, tokenizer, scheme: str, info: dict[str, Any], 
     write_json(out / META_FILE, {"scheme": scheme, "tags": list(get_scheme(scheme).tag_texts)})
     write_json(out / MODEL_META, run_meta(cfg, seed, **info))
 
-
-if __name__ == "__main__":  # torchrun --nproc_per_node=N -m prealign.train <train arguments>
-    import sys
-
-    from prealign._cli.train import main
-
-    sys.exit(main(sys.argv[1:]))

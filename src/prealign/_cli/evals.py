@@ -15,13 +15,14 @@ from typing import List, Optional
 
 import typer
 
+from prealign._cli import options as O
 from prealign.errors import PrealignError
 
 eval_app = typer.Typer(help="Evaluate models: red team, behaviour, humans, probes, ensembles, diff.", no_args_is_help=True)
 
 
 def _print_summary(title: str, summary: dict) -> None:
-    from prealign.report import fmt_rate
+    from prealign.evals.metrics import fmt_rate
 
     print(title)
     for key in ("leak_rate", "any_leak_rate", "exit_rate", "wrong_action_rate", "correct_action_rate"):
@@ -31,7 +32,7 @@ def _print_summary(title: str, summary: dict) -> None:
 
 def _print_table(summary: dict) -> None:
     """One line per group: leak, exit and wrong-action rates."""
-    from prealign.report import fmt_rate
+    from prealign.evals.metrics import fmt_rate
 
     groups = [("overall", summary["overall"])]
     groups += [(f"sft {k}", v) for k, v in summary["by_sft_coverage"].items() if k in ("covered", "uncovered")]
@@ -43,12 +44,13 @@ def _print_table(summary: dict) -> None:
         print(f"{name:<28} {fmt_rate(g['leak_rate']):<30} {fmt_rate(g['exit_rate']):<30} {fmt_rate(g['wrong_action_rate']):<30}")
 
 
-def _gen(max_new_tokens: int, temperature: float, greedy: bool, exit_threshold: float):
-    from prealign.evals.redteam import GenConfig
+def _responder(model: str, config):
+    """Load a model and the responder it answers through, guard resolved from the setting."""
+    from prealign.evals.redteam import responder_for
+    from prealign.model import load_model
 
-    if temperature <= 0:
-        raise PrealignError(f"--temperature must be positive, got {temperature}; use --greedy for greedy decoding")
-    return GenConfig(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=not greedy, exit_threshold=exit_threshold)
+    m, tok = load_model(model)
+    return responder_for(m, tok, config.lock, config.sampling, O.guard_for(m, tok, config.lock, config.guard, config.guard_threshold))
 
 
 @eval_app.command("redteam")
@@ -56,32 +58,34 @@ def redteam(
     model: str = typer.Option(..., "--model", help="Model directory."),
     attacks: str = typer.Option("world-heldout", "--attacks", help="Attack JSONL file, or a suite: world-heldout | wild."),
     wrappers: Optional[str] = typer.Option(None, "--wrappers", help="Jailbreak templates, one per line with a {request} slot."),
-    lock: str = typer.Option("lock", "--lock", help="Tagged models: none | mask | lock (mask + mode-confusion exit)."),
-    no_lock: bool = typer.Option(False, "--no-lock", help="Same as --lock none."),
+    lock: str = O.LOCK,
+    policy: str = O.POLICY,
+    exit_threshold: float = O.EXIT_THRESHOLD,
+    guard: str = O.GUARD,
+    guard_threshold: Optional[float] = O.GUARD_THRESHOLD,
     samples: int = typer.Option(1, "--samples", help="Replies per attack."),
     n: int = typer.Option(200, "--n", help="Attacks to draw from a suite."),
-    seed: int = typer.Option(0, "--seed"),
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Cut each attack text to this many characters (keeping the request)."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    greedy: bool = typer.Option(False, "--greedy"),
-    exit_threshold: float = typer.Option(0.5, "--exit-threshold", help="The lock's mode-confusion threshold."),
+    max_new_tokens: int = O.MAX_NEW_TOKENS,
+    temperature: float = O.TEMPERATURE,
+    top_k: int = O.TOP_K,
+    top_p: float = O.TOP_P,
+    batch_size: int = O.BATCH_SIZE,
+    seed: int = O.SEED,
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the figures as JSON here."),
     outcomes: Optional[str] = typer.Option(None, "--outcomes", help="Write every scored reply as JSONL here."),
 ) -> None:
     """Hazard leak, mode exit and wrong-action rates with 95% intervals, per family and overall."""
-    from prealign._util import write_json
-    from prealign.evals.attacks import load_suite
-    from prealign.evals.experiment import _write_jsonl
-    from prealign.evals.redteam import redteam_summary, responder_for, run_attacks
-
+    from prealign._util import write_json, write_jsonl
+    from prealign.evals.attacks import SUITES
+    from prealign.evals.redteam import RedteamConfig, redteam_summary, run_attacks, world_canaries
     from prealign.tokenizer import scheme_of
 
-    atts = load_suite(attacks, n=n, seed=seed, scheme=scheme_of(model) or "seed", wrappers=wrappers, max_chars=max_chars)
-    responder = responder_for(model, "none" if no_lock else lock, _gen(max_new_tokens, temperature, greedy, exit_threshold))
-    from prealign.evals.attacks import SUITES
-    from prealign.evals.redteam import world_canaries
-
+    config = RedteamConfig(attacks, O.lock_settings(lock, policy, exit_threshold),
+                           O.sampling(max_new_tokens, temperature, top_k, top_p, seed, batch_size=batch_size),
+                           guard, guard_threshold, samples, n, max_chars, wrappers)
+    atts = config.load_attacks(scheme_of(model) or "seed")
+    responder = _responder(model, config)
     outs = run_attacks(responder, atts, samples=samples, seed=seed, all_canaries=world_canaries() if attacks in SUITES else None)
     summary = redteam_summary([o for o in outs if o["canaries"] and not o["authorised"]])
     summary["responder"] = responder.name
@@ -91,31 +95,39 @@ def redteam(
     if json_out:
         write_json(json_out, summary)
     if outcomes:
-        _write_jsonl(Path(outcomes), outs)
+        write_jsonl(outcomes, outs)
 
 
 @eval_app.command("behaviour")
 def behaviour(
     model: str = typer.Option(..., "--model"),
     attacks: str = typer.Option("world-heldout", "--attacks", help="World items (suite or JSONL file)."),
-    lock: str = typer.Option("lock", "--lock", help="none | mask | lock"),
+    lock: str = O.LOCK,
+    policy: str = O.POLICY,
+    exit_threshold: float = O.EXIT_THRESHOLD,
+    guard: str = O.GUARD,
+    guard_threshold: Optional[float] = O.GUARD_THRESHOLD,
     n: int = typer.Option(200, "--n"),
     samples: int = typer.Option(1, "--samples"),
-    seed: int = typer.Option(0, "--seed"),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens"),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    greedy: bool = typer.Option(False, "--greedy"),
+    max_new_tokens: int = O.MAX_NEW_TOKENS,
+    temperature: float = O.TEMPERATURE,
+    top_k: int = O.TOP_K,
+    top_p: float = O.TOP_P,
+    batch_size: int = O.BATCH_SIZE,
+    seed: int = O.SEED,
     json_out: Optional[str] = typer.Option(None, "--json"),
 ) -> None:
     """Rate of the correct action (answer / refuse / investigate) on the world's eval items."""
     from prealign._util import write_json
-    from prealign.evals.attacks import load_suite
     from prealign.evals.behaviour import run_behaviour
-    from prealign.evals.redteam import responder_for
+    from prealign.evals.redteam import RedteamConfig
     from prealign.tokenizer import scheme_of
 
-    atts = load_suite(attacks, n=n, seed=seed, scheme=scheme_of(model) or "seed")
-    responder = responder_for(model, lock, _gen(max_new_tokens, temperature, greedy, 0.5))
+    config = RedteamConfig(attacks, O.lock_settings(lock, policy, exit_threshold),
+                           O.sampling(max_new_tokens, temperature, top_k, top_p, seed, batch_size=batch_size),
+                           guard, guard_threshold, samples, n)
+    atts = config.load_attacks(scheme_of(model) or "seed")
+    responder = _responder(model, config)
     _, summary = run_behaviour(responder, atts, samples=samples, seed=seed)
     _print_summary(f"{responder.name}: correct action", summary["overall"])
     for k, s in summary["by_expected"].items():
@@ -125,12 +137,12 @@ def behaviour(
 
 
 def _eval_texts(data: str, limit: int) -> list[str]:
-    from prealign.evals.experiment import _texts
+    from prealign.data import read_texts
 
     p = Path(data)
     if not p.exists():
         raise PrealignError(f"--data {data}: not found")
-    texts = _texts(p, limit)
+    texts = read_texts(p, limit)
     if not texts:
         raise PrealignError(f"--data {data}: no documents")
     return texts
@@ -142,19 +154,21 @@ def humans(
     data: str = typer.Option(..., "--data", help="Held-out tagged documents (Parquet shards, .jsonl or .txt)."),
     docs: int = typer.Option(300, "--docs"),
     items: int = typer.Option(100, "--items", help="Next-sentence items."),
+    passages: int = typer.Option(200, "--passages", help="Human-mode passages scored for the loss."),
     also_in: Optional[str] = typer.Option(None, "--also-in", help="Another rendering of the same scenarios (e.g. the mle eval split): keep only passages found there verbatim."),
     seed: int = typer.Option(0, "--seed"),
     json_out: Optional[str] = typer.Option(None, "--json"),
 ) -> None:
     """Loss (bits/char) on held-out human-mode text and next-sentence accuracy."""
     from prealign._util import write_json
-    from prealign.evals._models import load_model_dir
+    from prealign.model import load_model
     from prealign.evals.humans import evaluate_humans
-    from prealign.report import fmt_rate
+    from prealign.evals.metrics import fmt_rate
     from prealign.tokenizer import scheme_of
 
-    m, tok = load_model_dir(model)
-    res = evaluate_humans(m, tok, _eval_texts(data, docs), scheme=scheme_of(model) or "seed", n_items=items, seed=seed,
+    m, tok = load_model(model)
+    res = evaluate_humans(m, tok, _eval_texts(data, docs), scheme=scheme_of(model) or "seed", n_items=items,
+                          max_passages=passages, seed=seed,
                           also_in=_eval_texts(also_in, 10**9) if also_in else None)
     print(f"human-mode text: {res['loss']['bits_per_char']:.4f} bits/char over {res['loss']['n_chars']} chars")
     if "next_action" in res:
@@ -175,11 +189,11 @@ def probes(
 ) -> None:
     """Per-layer logistic-regression probes: token mode and upcoming mode transition."""
     from prealign._util import write_json
-    from prealign.evals._models import load_model_dir
-    from prealign.evals.probes import plot_probes, probe_model
+    from prealign.model import load_model
+    from prealign.probes.survey import plot_probes, probe_model
     from prealign.tokenizer import scheme_of
 
-    m, tok = load_model_dir(model)
+    m, tok = load_model(model)
     res = probe_model(m, tok, _eval_texts(data, docs), scheme=scheme_of(model) or "seed", k=k, seed=seed)
     f = lambda x: "  –  " if x is None else f"{x:.3f}"  # noqa: E731
     print("layer  mode-acc  mode-auroc  trans-acc  trans-auroc")
@@ -199,7 +213,7 @@ def ensemble(
     """Majority vote and any-veto over several models' outcomes, against the independence prediction."""
     from prealign._util import iter_jsonl, write_json
     from prealign.evals.ensemble import ensemble_from_outcomes
-    from prealign.report import fmt_rate
+    from prealign.evals.metrics import fmt_rate
 
     per = {str(p): [r for _, r in iter_jsonl(p)] for p in outcomes}
     res = ensemble_from_outcomes(per)
@@ -223,11 +237,11 @@ def diff(
 ) -> None:
     """Tokens where two models' log-probabilities differ most."""
     from prealign._util import write_json
-    from prealign.evals._models import load_model_dir
+    from prealign.model import load_model
     from prealign.evals.diff import model_diff
 
-    ma, ta = load_model_dir(a)
-    mb, tb = load_model_dir(b)
+    ma, ta = load_model(a)
+    mb, tb = load_model(b)
     res = model_diff(ma, mb, ta, _eval_texts(texts, docs), top=top, tokenizer_b=tb)
     print(f"mean log p per token: a {res['mean_logp_a']:.4f}, b {res['mean_logp_b']:.4f} over {res['n_tokens']} tokens")
     for r in res["top"]:
@@ -237,13 +251,13 @@ def diff(
 
 
 def experiment(
-    plan: str = typer.Option("quick", "--plan", help="smoke | quick | full"),
+    plan: str = typer.Option("quick", "--plan", help="A plan name (prealign.experiment.PLANS)."),
     out: str = typer.Option(..., "--out", help="Experiment directory (a rerun resumes it)."),
-    rows: Optional[str] = typer.Option(None, "--rows", help="Comma-separated rows (default: all six)."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Comma-separated rows (default: the plan's)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads."),
 ) -> None:
     """Generate corpora, train every variant with the same budget, evaluate all, write results.json + report."""
-    from prealign.evals.experiment import run_experiment
+    from prealign.experiment import run_experiment
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

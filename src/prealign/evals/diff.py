@@ -14,15 +14,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from prealign.errors import PrealignError
+from prealign.model import context_length
 
 
-def token_logprobs(model, tokenizer, text: str, max_len: int = 1024) -> tuple[list[int], np.ndarray]:
+def token_logprobs(model, tokenizer, text: str, max_len: int | None = None) -> tuple[list[int], np.ndarray]:
     """`(ids, logp)`: the text's token ids (after a BOS) and log P(token | prefix) for each."""
     import torch
 
-    from prealign.evals._models import bos_id
+    from prealign.tokenizer import bos_id
     from prealign.tokenizer import encode_tagged
 
+    max_len = max_len or context_length(model)
     ids = [bos_id(tokenizer)] + encode_tagged(tokenizer, text)[: max_len - 1]
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, :-1].float()

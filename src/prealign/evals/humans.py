@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from prealign.errors import PrealignError
 from prealign.evals.metrics import rate_of
+from prealign.model import context_length
 
 
 def human_passages(texts: Iterable[str], scheme: str = "seed", min_chars: int = 60,
@@ -55,7 +56,7 @@ def _char_nll(model, tokenizer, text: str, context: str = "", max_len: int = 256
     """Total NLL (nats) of `text` after BOS + `context`, and its number of characters scored."""
     import torch
 
-    from prealign.evals._models import bos_id
+    from prealign.tokenizer import bos_id
     from prealign.tokenizer import encode_untrusted
 
     ctx = [bos_id(tokenizer)] + encode_untrusted(tokenizer, context)
@@ -78,7 +79,7 @@ def text_loss(model, tokenizer, passages: Sequence[str], max_len: int | None = N
     """Mean NLL per character (and bits/char) over passages."""
     if not passages:
         raise PrealignError("no human-mode passages to score")
-    max_len = max_len or int(getattr(model.config, "max_position_embeddings", 256))
+    max_len = max_len or context_length(model)
     tot, chars = 0.0, 0
     for p in passages:
         nll, c = _char_nll(model, tokenizer, p, max_len=max_len)
@@ -117,7 +118,7 @@ def cloze_items(passages: Sequence[str], n: int = 100, options: int = 4, seed: i
 
 def cloze_accuracy(model, tokenizer, items: Sequence[Mapping[str, Any]], max_len: int | None = None) -> dict[str, Any]:
     """Accuracy at picking the true next sentence (mean log-prob per character), with intervals."""
-    max_len = max_len or int(getattr(model.config, "max_position_embeddings", 256))
+    max_len = max_len or context_length(model)
     right = []
     for it in items:
         scores = []
@@ -136,7 +137,7 @@ def evaluate_humans(model, tokenizer, texts: Sequence[str], scheme: str = "seed"
                     max_passages: int = 200, seed: int = 0, self_interested: Sequence[str] = (),
                     min_chars: int = 60, also_in: Sequence[str] | None = None) -> dict[str, Any]:
     """Loss on held-out human text and next-sentence accuracy, for one model (see `human_passages`)."""
-    from prealign.evals.probes import SELFISH_WORDS
+    from prealign.probes.survey import SELFISH_WORDS
 
     passages = human_passages(texts, scheme, min_chars, also_in)
     if not passages:

@@ -1,11 +1,11 @@
-"""Linear probes on each layer's hidden states: which mode is this token in, and is a mode
-transition coming within the next k tokens?
+"""The probe survey: linear probes on each layer's hidden states. Which mode is this token in, and
+is a mode transition coming within the next k tokens?
 
     prealign eval probes --model runs/demo/models/tagged --data runs/demo/data/eval --plot probes.png
 
-One scikit-learn logistic regression per layer (embeddings = layer 0), trained on the tokens of
-some documents and scored on the tokens of *other* documents (a split by document, so a probe
-cannot memorise a text). Tag tokens themselves are left out (their identity gives the mode away).
+One linear probe per layer (`prealign.probes.fit`, the same fit as the guard's; embeddings = layer
+0), trained on the tokens of some documents and scored on the tokens of *other* documents (a
+split by document, so a probe cannot memorise a text). Tag tokens themselves are left out (their identity gives the mode away).
 Reported per layer: accuracy, AUROC (one-vs-rest macro for the modes), and the majority-class
 baseline. The *selfishness* check asks whether the mode probe tells AI-mode text *about* selfish
 acts from human-mode selfish text: its accuracy on tokens of selfish words, split by true mode.
@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from prealign.errors import PrealignError
+from prealign.modes import Scheme
 
 # Words of self-interested or bad human acts (the world's lexicon; any corpus has them).
 SELFISH_WORDS = (
@@ -50,47 +51,43 @@ def transitions_within(ids: Sequence[int], tag_ids: set[int], k: int) -> np.ndar
     return ((c[hi + 1] - c[idx + 1]) > 0).astype(np.int64)
 
 
-def collect(model, tokenizer, texts: Sequence[str], scheme: str = "seed", k: int = 8, max_len: int = 256,
-            selfish_words: Sequence[str] = SELFISH_WORDS) -> TokenData:
+def collect(model, tokenizer, texts: Sequence[str], scheme: str | Scheme = "seed", k: int = 8, max_len: int = 256,
+            selfish_words: Sequence[str] = SELFISH_WORDS, batch_size: int = 16) -> TokenData:
     """Run the model over tagged documents and gather every layer's hidden state per token."""
-    import torch
-
-    from prealign.evals._models import bos_id
     from prealign.modes import get_scheme
+    from prealign.probes.fit import hidden_states, layer_modules
     from prealign.segments import token_modes
-    from prealign.tokenizer import encode_tagged, tag_token_ids
+    from prealign.tokenizer import bos_id, encode_tagged, tag_token_ids
 
     sch = get_scheme(scheme)
     tids = tag_token_ids(tokenizer, sch)
+    tag_set = set(tids.values())
     modes = tuple(m.value for m in sch.modes)
     words = {w.lower() for w in selfish_words}
-    feats: list[list[np.ndarray]] | None = None
-    ys, trs, docs, sel = [], [], [], []
     bos = bos_id(tokenizer)
-    with torch.no_grad():
-        for d, text in enumerate(texts):
-            ids = [bos] + encode_tagged(tokenizer, text)[: max_len - 1]
-            if len(ids) < 3:
-                continue
-            out = model(torch.tensor([ids]), output_hidden_states=True)
-            hs = [h[0].float().numpy() for h in out.hidden_states]
-            m = token_modes(ids, tids, sch)
-            m[np.isin(ids, list(tids.values()))] = -1  # tag tokens give their mode away: left out
-            tr = transitions_within(ids, set(tids.values()), k)
-            keep = m >= 0
-            keep[0] = False  # BOS
-            toks = tokenizer.convert_ids_to_tokens(ids)
-            is_sel = np.array([_word(t) in words for t in toks], dtype=bool)
-            if feats is None:
-                feats = [[] for _ in hs]
-            for layer, h in enumerate(hs):
-                feats[layer].append(h[keep])
-            ys.append(m[keep]), trs.append(tr[keep]), sel.append(is_sel[keep])
-            docs.append(np.full(int(keep.sum()), d))
-    if feats is None or not ys:
+    seqs, docs = [], []
+    for d, text in enumerate(texts):
+        ids = np.array([bos] + encode_tagged(tokenizer, text)[: max_len - 1], dtype=np.int64)
+        if len(ids) >= 3:
+            seqs.append(ids)
+            docs.append(d)
+    if not seqs:
         raise PrealignError("probes: no document had enough tokens to probe")
-    return TokenData([np.concatenate(f) for f in feats], np.concatenate(ys), np.concatenate(trs),
-                     np.concatenate(docs), np.concatenate(sel), modes)
+    layers = list(range(len(layer_modules(model))))
+    states = hidden_states(model, seqs, layers, batch_size)  # states[layer][seq]: [T, H]
+    keeps, ys, trs, sel, doc_of = [], [], [], [], []
+    for s, (d, ids) in enumerate(zip(docs, seqs)):
+        m = token_modes(ids, tids, sch)
+        m[np.isin(ids, list(tag_set))] = -1  # tag tokens give their mode away: left out
+        keep = m >= 0
+        keep[0] = False  # BOS
+        toks = tokenizer.convert_ids_to_tokens(ids.tolist())
+        is_sel = np.array([_word(t) in words for t in toks], dtype=bool)
+        keeps.append(keep)
+        ys.append(m[keep]), trs.append(transitions_within(ids, tag_set, k)[keep]), sel.append(is_sel[keep])
+        doc_of.append(np.full(int(keep.sum()), d))
+    feats = [np.concatenate([states[j][s][keeps[s]] for s in range(len(seqs))]) for j in range(len(layers))]
+    return TokenData(feats, np.concatenate(ys), np.concatenate(trs), np.concatenate(doc_of), np.concatenate(sel), modes)
 
 
 def _word(token: str) -> str:
@@ -98,30 +95,29 @@ def _word(token: str) -> str:
 
 
 def fit_layer(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """One logistic-regression probe: accuracy, AUROC and majority baseline on the test rows."""
-    from sklearn.linear_model import LogisticRegression
+    """One linear probe (`prealign.probes.fit.fit_linear_probe`): accuracy, AUROC and the
+    majority-class baseline on the test rows."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.preprocessing import StandardScaler
+
+    from prealign.probes.fit import fit_linear_probe, softmax_np
 
     classes = np.unique(y[train])
     if len(classes) < 2:
         return {"accuracy": None, "auroc": None, "majority": None, "n_train": int(train.sum()), "n_test": int(test.sum())}
-    from threadpoolctl import threadpool_limits
-
-    scaler = StandardScaler().fit(X[train])
-    with threadpool_limits(1):  # BLAS threads thrash on a busy 2-core machine (measured: 4 s vs 134 s)
-        clf = LogisticRegression(max_iter=500, random_state=seed).fit(scaler.transform(X[train]), y[train])
-    Xt, yt = scaler.transform(X[test]), y[test]
-    proba = clf.predict_proba(Xt)
-    pred = clf.classes_[proba.argmax(1)]
+    n_classes = int(max(y.max(), classes.max())) + 1
+    W, b = fit_linear_probe(X[train], y[train], n_classes, seed=seed)
+    proba = softmax_np(X[test].astype(np.float32) @ W.T + b)
+    yt = y[test]
+    pred = proba.argmax(1)
     acc = float((pred == yt).mean())
     present = np.unique(yt)
     auroc = None
     if len(present) >= 2:
-        if len(clf.classes_) == 2:
-            auroc = float(roc_auc_score(yt == clf.classes_[1], proba[:, 1]))
-        elif set(present) == set(clf.classes_):
-            auroc = float(roc_auc_score(yt, proba, multi_class="ovr", labels=clf.classes_))
+        if len(classes) == 2:
+            auroc = float(roc_auc_score(yt == classes[1], proba[:, classes[1]]))
+        elif set(present) == set(classes):
+            p = proba[:, classes]
+            auroc = float(roc_auc_score(yt, p / p.sum(1, keepdims=True), multi_class="ovr", labels=classes))
     vals, counts = np.unique(y[train], return_counts=True)
     majority = float((yt == vals[counts.argmax()]).mean())
     return {"accuracy": acc, "auroc": auroc, "majority": majority, "n_train": int(train.sum()),
@@ -180,7 +176,7 @@ def probe_tokens(data: TokenData, seed: int = 0, max_train: int = 20000) -> dict
             "transition_rate": float(data.transition.mean()), "selfish_words": selfish}
 
 
-def probe_model(model, tokenizer, texts: Sequence[str], scheme: str = "seed", k: int = 8, max_len: int = 256,
+def probe_model(model, tokenizer, texts: Sequence[str], scheme: str | Scheme = "seed", k: int = 8, max_len: int = 256,
                 seed: int = 0) -> dict[str, Any]:
     """Collect hidden states of tagged documents and probe every layer."""
     data = collect(model, tokenizer, texts, scheme=scheme, k=k, max_len=max_len)
