@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/prealign experiment --plan quick --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --runslow tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,10 +1,29 @@
-"""Shared fixtures: a throwaway tag-safe tokenizer trained offline in a few seconds."""
+"""Shared fixtures: one throwaway tag-safe tokenizer per scheme for the whole session (trained
+offline in a second), and the `slow` marker.
+
+    .venv/bin/pytest -q tests                 # everything but the tests marked slow
+    .venv/bin/pytest -q --runslow tests       # everything (what `make test` runs)
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from prealign.modes import get_scheme
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow (they train a model end to end)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    slow = [it for it in items if it.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [it for it in items if not it.get_closest_marker("slow")]
 
 
 def sample_tagged_texts(scheme_name: str = "seed", n: int = 200) -> list[str]:
@@ -21,16 +40,42 @@ def sample_tagged_texts(scheme_name: str = "seed", n: int = 200) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory):
-    from prealign.tokenizer import train_tokenizer
+def tokenizer_of(tmp_path_factory):
+    """`tokenizer_of(scheme)`: the session's tokenizer for that scheme (trained once, then shared)."""
+    from tests._lock_support import make_tokenizer
 
-    out = tmp_path_factory.mktemp("tok")
-    train_tokenizer(None, out, vocab_size=400, scheme="seed", texts=sample_tagged_texts())
-    return out
+    cache: dict = {}
+
+    def get(scheme_name: str = "seed"):
+        if scheme_name not in cache:
+            cache[scheme_name] = make_tokenizer(tmp_path_factory.mktemp(f"tok-{scheme_name}".replace("+", "-")), scheme_name)
+        return cache[scheme_name]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tokenizer_dir):
-    from prealign.tokenizer import load_tokenizer
+def tok(tokenizer_of):
+    return tokenizer_of("seed")
 
-    return load_tokenizer(tokenizer_dir)
+
+@pytest.fixture(scope="session")
+def tok_unaligned(tokenizer_of):
+    return tokenizer_of("seed+unaligned")
+
+
+@pytest.fixture(scope="session")
+def tok_ai_default(tokenizer_of):
+    return tokenizer_of("ai-default")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tok):
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tok):
+    from pathlib import Path
+
+    return Path(tok.name_or_path)
