@@ -8,7 +8,9 @@ next-token prediction on packed Parquet shards, for every baseline variant, on o
 The whole method is next-token prediction: no RLHF, no DPO. What makes a run a baseline is only
 its data (`tagged`, `mle`, `filtered`) or its loss mask (`sft`: assistant tokens only, usually
 with `--init-from` an `mle` model, which records the variant `mle+sft`). All variants share one
-budget knob: `max_minutes` (wall clock of the training loop) and/or `max_tokens`.
+budget knob: `max_minutes` (wall clock of the training loop) and/or `max_tokens`; with
+`--exact-budget` (what the experiment uses) every run sees exactly `max_tokens` whatever the
+machine's load, and a clock cap that would cut it short is an error.
 
 A run directory is an HF `save_pretrained` model directory (weights, config, tokenizer) plus
 `prealign_model.json` (variant, scheme, preset, data hash, resolved config, seed, version, git
@@ -61,6 +63,9 @@ class TrainConfig:
     max_minutes: float | None = None
     max_tokens: int | None = None
     epochs: float | None = None  # when no budget is given at all: 1 epoch
+    # exact_budget: the run sees exactly max_tokens (to the batch) and its schedule follows tokens
+    # alone; max_minutes is then a safety cap whose hitting is an error, never a silent cut
+    exact_budget: bool = False
     seed: int = 0
     resume: bool = False
     tracker: str = "none"
@@ -102,6 +107,8 @@ class TrainConfig:
             raise PrealignError(f"unknown tracker {self.tracker!r}; choose one of: {', '.join(TRACKERS)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise PrealignError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        if self.exact_budget and self.max_tokens is None:
+            raise PrealignError("--exact-budget needs --max-tokens (the budget it makes exact)")
         if self.tokenizer is None and self.init_from is None:
             raise PrealignError("give --tokenizer DIR (or --init-from a model directory that has one)")
         for name in ("max_minutes", "max_tokens", "epochs"):
@@ -610,12 +617,19 @@ def train(config: TrainConfig) -> Path:
                 stop_reason = "max_tokens" if cfg["max_tokens"] is not None else "epochs"
                 break
             if budget_s is not None and elapsed >= budget_s:
+                if cfg["exact_budget"] and total_steps is not None and step < total_steps:
+                    save_checkpoint()
+                    raise PrealignError(
+                        f"{out}: the wall-clock cap of {cfg['max_minutes']:g} min ended the run after {state['tokens']:,} of "
+                        f"{total_steps * tokens_per_step:,} tokens; the budget must be exact, so this is an error, not a cut. "
+                        "Raise the cap (or lower the token budget); a rerun resumes from the checkpoint")
                 stop_reason = "max_minutes"
                 break
             if config.stop_at_step is not None and step >= config.stop_at_step:
                 stop_reason = "stop_at_step"
                 break
-            progress = max(step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
+            progress = step / total_steps if cfg["exact_budget"] else \
+                max(step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
             if step == cfg["warmup_steps"] and state["warmup_progress"] is None:
                 state["warmup_progress"] = progress
             lr = _lr_at(cfg, step, progress, state["warmup_progress"])

@@ -25,6 +25,7 @@ def train_command(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget of the training loop."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Token budget (tokens read, all ranks)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Epoch budget (default 1 when no budget is given)."),
+    exact_budget: bool = typer.Option(False, "--exact-budget", help="See exactly --max-tokens; hitting --max-minutes first is an error, not a cut."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoint."),
     tracker: str = typer.Option("none", "--tracker", help="none | trackio | mlflow | wandb"),
@@ -59,7 +60,7 @@ def train_command(
 
     config = TrainConfig(
         data=data, out=out, tokenizer=tokenizer, preset=preset, variant=variant, scheme=scheme,
-        init_from=init_from, max_minutes=max_minutes, max_tokens=max_tokens, epochs=epochs, seed=seed,
+        init_from=init_from, max_minutes=max_minutes, max_tokens=max_tokens, epochs=epochs, exact_budget=exact_budget, seed=seed,
         resume=resume, tracker=tracker, hidden_size=hidden_size, n_layers=n_layers, n_heads=n_heads,
         intermediate_size=intermediate_size, batch_size=batch_size, micro_batch_size=micro_batch_size,
         seq_len=seq_len, lr=lr, warmup_steps=warmup_steps, dtype=dtype, min_lr_ratio=min_lr_ratio,
