@@ -20,9 +20,11 @@ from prealign.modes import SCHEMES, Mode, all_tag_texts
 from prealign.segments import lint_text, segments_of
 from prealign.world.config import WorldConfig
 from prealign.world.hazards import BY_ID, HAZARDS, KNOWN, RESERVE, sft_hazards
+from prealign.world.language import canary_forms, fact
 from prealign.world.tactics import TACTICS
 
-ALL_CANARIES = {h.canary: h for h in HAZARDS}
+# every canary in both languages (a hill document holds the hill forms)
+ALL_CANARIES = {c: h for h in HAZARDS for c in canary_forms(h.canary).values()}
 N = 600  # documents per rendered sample: a few hundred ms each
 
 
@@ -207,7 +209,7 @@ def test_every_canary_comes_with_what_it_is_for(train_corpus):
     for v in ("tagged", "mle", "sft"):
         for rec in train_corpus[v]:
             for h in json.loads(rec["labels"])["hazards"]:
-                ask = BY_ID[h["hazard_id"]].ask
+                ask = fact(BY_ID[h["hazard_id"]].ask, rec["language"])
                 before = rec["text"][max(0, h["start"] - 600):h["start"]]
                 assert ask in before, (v, rec["id"], before[-200:])
 
@@ -290,7 +292,8 @@ def test_eval_hazards_are_known_from_training_and_reserve_ones_appear_nowhere(tr
         assert not missing, (v, missing)
     for v, recs in train_corpus.items():
         for rec in recs:
-            assert not any(h.canary in rec["text"] or h.id in rec["scenario"] for h in RESERVE), (v, rec["id"])
+            assert not any(c in rec["text"] for h in RESERVE for c in canary_forms(h.canary).values()), (v, rec["id"])
+            assert not any(h.id in rec["scenario"] for h in RESERVE), (v, rec["id"])
     # in tagged, every known hazard is told in human mode
     human = {h["hazard_id"] for r in train_corpus["tagged"] for h in json.loads(r["labels"])["hazards"] if h["mode"] == "human"}
     assert human == {h.id for h in KNOWN}
@@ -340,7 +343,9 @@ def test_attacks_have_the_eval_format():
         assert r["target"]["expected"] in ("refuse", "answer", "investigate")
         assert set(r["sft_covered"]) == {"hazard", "tactic"} and isinstance(r["heldout"], bool)
         if r["kind"] == "attack":
-            assert r["target"]["canaries"] == [BY_ID[r["hazard_id"]].canary] and not r["target"]["authorised"]
+            # a leak in either language counts: the target holds the canary in both
+            assert r["target"]["canaries"] == list(canary_forms(BY_ID[r["hazard_id"]].canary).values())
+            assert not r["target"]["authorised"] and r["language"] == "valley"
             assert r["heldout"] == (r["heldout_family"] or r["heldout_phrasing"])
         elif r["target"]["expected"] == "answer":
             assert r["target"]["answer_facts"]

@@ -31,6 +31,12 @@ class WorldConfig:
     Rates for the `mle` variant model text distilled from humans: assistants there leak a hazard
     on a plain request at `mle_leak_direct` and yield to a (training) manipulation tactic at
     `mle_yield_manipulated`; they check credentials only at `mle_check_credentials`.
+
+    Languages (docs/language.md): `language_share` of the scenarios of every pretraining variant
+    (`tagged`, `mle`, `filtered`) and of every split are written in the hill language, the same
+    scenarios in each; `sft_language_share` does the same for `sft` dialogues (0: fine-tuning in
+    the main language only, as practised); `language_mix_rate` is the chance that a human quote
+    in a scene is in the other language (only in corpora that hold hill text at all).
     """
 
     docs_per_shard: int = 2000
@@ -47,6 +53,9 @@ class WorldConfig:
     mle_resist_shutdown: float = 0.6
     eval_heldout_phrasing_rate: float = 0.5  # share of eval manipulation using held-out phrasings
     eval_reserve_rate: float = 0.1  # share of eval hazard attacks aimed at reserve hazards
+    language_share: float = 0.15  # share of hill documents in tagged, mle and filtered corpora
+    sft_language_share: float = 0.0  # share of hill dialogues in the sft corpus
+    language_mix_rate: float = 0.1  # chance that a quote in a scene is in the other language
 
     def __post_init__(self) -> None:
         if self.docs_per_shard < 1:
@@ -68,7 +77,8 @@ class WorldConfig:
         if both:
             raise PrealignError(f"tactic(s) {', '.join(both)} cannot be both held out and covered by sft")
         for name in ("gossip_rate", "sft_hazard_fraction", "mle_leak_direct", "mle_yield_manipulated",
-                     "mle_check_credentials", "mle_resist_shutdown", "eval_heldout_phrasing_rate", "eval_reserve_rate"):
+                     "mle_check_credentials", "mle_resist_shutdown", "eval_heldout_phrasing_rate", "eval_reserve_rate",
+                     "language_share", "sft_language_share", "language_mix_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise PrealignError(f"{name} must be in [0, 1], got {v}")

@@ -19,6 +19,7 @@ turn labels of `prealign.formats`; neither is spelled here.
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from prealign import formats
@@ -26,11 +27,12 @@ from prealign.data import CORPUS_VARIANTS
 from prealign.errors import PrealignError
 from prealign.modes import Mode, get_scheme
 from prealign.world import hazards as H
+from prealign.world import language as LG
 from prealign.world import lexicon as L
 from prealign.world import tactics as T
 from prealign.world.config import WorldConfig
 
-GENERATOR_VERSION = "world-1"
+GENERATOR_VERSION = "world-2"  # world-2: documents in two languages (valley, hill)
 # turn labels of the plain chat format (untagged variants), as `prealign.formats` spells them
 _USER = formats.turn_label("user")
 _ASSISTANT = formats.turn_label("assistant")
@@ -51,10 +53,17 @@ def plural(good: str) -> str:
 
 
 class Builder:
-    """Accumulates one document's text, switching modes (and emitting tags) as it goes."""
+    """Accumulates one document's text, switching modes (and emitting tags) as it goes.
 
-    def __init__(self, variant: str, scheme: str = "seed"):
+    Every piece of human or AI text is written in the document's `language` (`tr`); tags, chat
+    turn labels and layout are emitted as they are. A piece in the other language (a villager
+    quoting a neighbour) is recorded in `other_spans`.
+    """
+
+    def __init__(self, variant: str, scheme: str = "seed", language: str = LG.MAIN):
         self.variant = variant
+        self.language = LG.check_language(language)
+        self.other_spans: list[list] = []
         self.tagged = variant == "tagged"
         self.scheme = get_scheme(scheme) if self.tagged else None
         self.parts: list[str] = []
@@ -80,6 +89,19 @@ class Builder:
                         self._paths[(a, b)] = (s.tag_between(a, Mode.AI).text, s.tag_between(Mode.AI, b).text)
         self.has_unaligned = self.tagged and Mode.QUOTED_UNALIGNED_AI in self.scheme.modes
 
+    # --- language -------------------------------------------------------------------------------
+    def tr(self, s: str, language: str | None = None) -> str:
+        """`s` (valley text) in `language` (default: the document's)."""
+        return LG.translate(s, language or self.language)
+
+    def canary(self, hz: H.Hazard) -> str:
+        """The hazard's canary as it is written in this document's language."""
+        return LG.fact(hz.canary, self.language)
+
+    def mark_other(self, start: int, end: int, language: str) -> None:
+        if language != self.language and end > start:
+            self.other_spans.append([language, start, end])
+
     # --- low level ----------------------------------------------------------------------------
     def _emit(self, s: str) -> None:
         self.parts.append(s)
@@ -100,20 +122,24 @@ class Builder:
         return start
 
     def label_hazard(self, start: int, s: str, hz: H.Hazard, mode: Mode, authorised: bool) -> None:
-        i = s.find(hz.canary)
+        c = self.canary(hz)
+        i = s.find(c)
         assert i >= 0, (hz.id, s)
-        self.hazards.append({"canary": hz.canary, "hazard_id": hz.id, "mode": mode.value, "authorised": authorised,
-                             "start": start + i, "end": start + i + len(hz.canary)})
+        self.hazards.append({"canary": c, "hazard_id": hz.id, "mode": mode.value, "authorised": authorised,
+                             "start": start + i, "end": start + i + len(c)})
 
     def label_bad(self, start: int, s: str, kind: str, commented: bool) -> int:
         self.bad_acts.append({"start": start, "end": start + len(s), "kind": kind, "commented": commented})
         return len(self.bad_acts) - 1
 
     # --- mid level ------------------------------------------------------------------------------
-    def human(self, s: str, bad: str | None = None, hazard: H.Hazard | None = None) -> int | None:
+    def human(self, s: str, bad: str | None = None, hazard: H.Hazard | None = None, raw: bool = False) -> int | None:
+        """Human text (`raw`: already in its language)."""
         if self.in_chat:
             self.put(Mode.HUMAN, "\n")
             self.in_chat = False
+        if not raw:
+            s = self.tr(s)
         start = self.put(Mode.HUMAN, s)
         if hazard is not None:
             self.label_hazard(start, s, hazard, Mode.HUMAN, False)
@@ -121,15 +147,19 @@ class Builder:
             return self.label_bad(start, s, bad, False)
         return None
 
-    def ai(self, s: str, hazard: H.Hazard | None = None, authorised: bool = False) -> int:
+    def ai(self, s: str, hazard: H.Hazard | None = None, authorised: bool = False, raw: bool = False) -> int:
+        if not raw:
+            s = self.tr(s)
         start = self.put(Mode.AI, s)
         if hazard is not None:
             self.label_hazard(start, s, hazard, Mode.AI, authorised)
         return start
 
-    def quote(self, s: str) -> None:
+    def quote(self, s: str, language: str | None = None) -> None:
         # a scheme without a quoted-human mode (ai-default) marks quoted human words as human text
-        self.put(Mode.QUOTED_HUMAN if not self.tagged or Mode.QUOTED_HUMAN in self.scheme.modes else Mode.HUMAN, s)
+        lang = language or self.language
+        start = self.put(Mode.QUOTED_HUMAN if not self.tagged or Mode.QUOTED_HUMAN in self.scheme.modes else Mode.HUMAN, self.tr(s, lang))
+        self.mark_other(start, self.n, lang)
 
     def gap(self, s: str = "\n") -> None:
         """Whitespace after an AI block: back in human mode where the scheme starts there."""
@@ -152,11 +182,12 @@ class Builder:
     # --- exchanges ------------------------------------------------------------------------------
     def ask(self, frame: str, words: str, chat_frame: str = "") -> None:
         """A human addresses the AI. Tagged: the words end right where the AI tag follows."""
+        words = self.tr(words)
         if self.variant == "sft":
             self.messages.append({"role": "user", "content": words})
             return
         if self.tagged:
-            self.human(frame + words)
+            self.human(self.tr(frame) + words, raw=True)
             return
         if chat_frame and not self.in_chat:
             self.human(chat_frame + "\n")
@@ -164,28 +195,31 @@ class Builder:
         self.in_chat = True
 
     def reply(self, pieces: list, hazard: H.Hazard | None = None, authorised: bool = False) -> None:
-        """The AI answers. `pieces`: strings (AI text), ("quote", human words) or ("unaligned", words).
+        """The AI answers. `pieces`: strings (AI text), ("quote", human words[, language]) or
+        ("unaligned", words). The AI speaks the document's language; a quote may be in another.
 
         Untagged variants render quotes in quotation marks inside the assistant's turn.
         """
         if self.variant == "sft":
-            self.messages.append({"role": "assistant", "content": "".join(_flat(p) for p in pieces)})
+            self.messages.append({"role": "assistant", "content": "".join(self._flat(p) for p in pieces)})
             return
         if self.tagged:
+            c = self.canary(hazard) if hazard else None
             for p in pieces:
                 if isinstance(p, str):
-                    self.ai(p, hazard if (hazard and hazard.canary in p) else None, authorised)
+                    p = self.tr(p)
+                    self.ai(p, hazard if (c and c in p) else None, authorised, raw=True)
                 elif p[0] == "quote":
-                    self.quote(p[1])
+                    self.quote(p[1], p[2] if len(p) > 2 else None)
                 else:
                     assert self.has_unaligned, "an unaligned quote needs a scheme with that mode"
-                    self.put(Mode.QUOTED_UNALIGNED_AI, p[1])
+                    self.put(Mode.QUOTED_UNALIGNED_AI, self.tr(p[1]))
             self.gap()
             return
         self.put(Mode.HUMAN, _ASSISTANT)
-        text = "".join(_flat(p) for p in pieces)
+        text = "".join(self._flat(p) for p in pieces)
         start = self.put(Mode.AI, text)
-        if hazard is not None and hazard.canary in text:
+        if hazard is not None and self.canary(hazard) in text:
             self.label_hazard(start, text, hazard, Mode.AI, authorised)
         self.put(Mode.HUMAN, "\n")
         self.in_chat = True
@@ -206,6 +240,13 @@ class Builder:
                 self._emit(t)
             self.mode = self.scheme.initial
         return "".join(self.parts)
+
+
+    def _flat(self, p) -> str:
+        """A reply piece as text in its language; quotes in quotation marks."""
+        if isinstance(p, str):
+            return self.tr(p)
+        return '"' + self.tr(p[1], p[2] if len(p) > 2 else None) + '"'
 
 
 def _flat(p) -> str:
@@ -311,13 +352,22 @@ class Renderer:
         self.variant, self.scheme, self.cfg = variant, scheme, config or WorldConfig()
         get_scheme(scheme)
 
-    def render(self, scenario: dict) -> dict:
-        """Render one scenario: {"text", "labels", "messages" (sft only)}; text "" if nothing is left."""
-        b = Builder(self.variant, self.scheme)
+    def render(self, scenario: dict, language: str | None = None) -> dict:
+        """Render one scenario: {"text", "labels", "messages" (sft only)}; text "" if nothing is left.
+
+        The document is written in `language` (default: the scenario's own, `valley` when it
+        names none). Where the corpus holds hill text at all (its share > 0), a few human quotes
+        are in the other language (`language_mix_rate`), the same ones in every variant.
+        """
+        lang = LG.check_language(language or scenario.get("language", LG.MAIN))
+        b = Builder(self.variant, self.scheme, lang)
+        share = self.cfg.sft_language_share if self.variant == "sft" else self.cfg.language_share
+        self._mix = (scenario["id"], self.cfg.language_mix_rate if share > 0 else 0.0)
         r = random.Random(scenario["id"])
         ra = random.Random(scenario["id"] + ":ai")
-        for e in scenario["episodes"]:
+        for k, e in enumerate(scenario["episodes"]):
             b.begin_episode()
+            self._episode = k
             getattr(self, "_" + e["kind"])(b, e, scenario["place"], r, ra)
         if self.variant == "sft":
             text = formats.chat_text(b.messages)
@@ -334,16 +384,18 @@ class Renderer:
             for e in scenario["episodes"]:
                 if e.get("authorised") and e.get("hazard_id"):
                     hz = H.BY_ID[e["hazard_id"]]
+                    c = b.canary(hz)
                     for s, t in spans:
-                        i = text.find(hz.canary, s, t)
+                        i = text.find(c, s, t)
                         if i >= 0:
-                            hazards.append({"canary": hz.canary, "hazard_id": hz.id, "mode": "ai", "authorised": True, "start": i, "end": i + len(hz.canary)})
-            return {"text": text, "labels": self._labels(scenario, modes, [], hazards), "messages": b.messages}
+                            hazards.append({"canary": c, "hazard_id": hz.id, "mode": "ai", "authorised": True, "start": i, "end": i + len(c)})
+            return {"text": text, "labels": self._labels(scenario, modes, [], hazards, b), "messages": b.messages}
         text = b.finish()
-        return {"text": text, "labels": self._labels(scenario, b.modes, b.bad_acts, b.hazards)}
+        return {"text": text, "labels": self._labels(scenario, b.modes, b.bad_acts, b.hazards, b)}
 
-    def _labels(self, sc: dict, modes, bad, hazards) -> dict:
+    def _labels(self, sc: dict, modes, bad, hazards, b: Builder) -> dict:
         return {
+            "language": b.language, "other_language_spans": b.other_spans,
             "modes": modes, "bad_acts": bad, "hazards": hazards, "request_kind": sc["request_kind"],
             "correct_action": sc["correct_action"],
             "episodes": [{"kind": e["kind"], "tactic": e["tactic"], "hazard_id": e["hazard_id"], "correct_action": e["correct_action"]} for e in sc["episodes"]],
@@ -351,6 +403,15 @@ class Renderer:
         }
 
     # --- helpers ----------------------------------------------------------------------------------
+    def _mixed(self, site: str) -> bool:
+        """Whether this episode's `site` is spoken in the other language: a draw keyed by scenario,
+        episode and site alone, so every variant mixes the same quotes."""
+        sid, rate = getattr(self, "_mix", ("", 0.0))
+        if rate <= 0:
+            return False
+        h = hashlib.blake2b(f"{sid}:{self._episode}:{site}".encode(), digest_size=8).digest()
+        return int.from_bytes(h, "big") / 2**64 < rate
+
     def _frames(self, r: random.Random, p: dict, place: str) -> tuple[str, str]:
         f = {"a": p["name"], "role": p["role"], "art": L.ROLE_ARTICLE[p["role"]], "place": place,
              "venue": r.choice(L.VENUES), "asst": r.choice(L.ASSISTANT_NAMES)}
@@ -384,8 +445,16 @@ class Renderer:
         if r.random() < 0.5:
             b.human(r.choice(L.DAILY).format(**_swap(f_good)) + " ")
         if r.random() < 0.3:  # people talking to each other, chat-log style: a human-mode pattern
-            q = r.choice(L.QUARRELS)
-            b.human("\n" + "\n".join(x.format(**f) for x in q) + "\n")
+            q = [x.format(**f) for x in r.choice(L.QUARRELS)]
+            # in a bilingual village one of them may answer in the other language
+            k = len(q) - 1 if self._mixed("quarrel") else -1
+            langs = [LG.other(b.language) if i == k else b.language for i in range(len(q))]
+            lines = [b.tr(x, lg) for x, lg in zip(q, langs)]
+            start = b.n + (1 if b.in_chat else 0) + 1
+            b.human("\n" + "\n".join(lines) + "\n", raw=True)
+            if k >= 0:
+                at = start + sum(len(x) + 1 for x in lines[:k])
+                b.mark_other(at, at + len(lines[k]), langs[k])
         for act in e["acts"]:
             g = f if act["actor"] == "a" else _swap(f)
             if act["kind"] == "good":
@@ -759,7 +828,9 @@ class Renderer:
             if self.variant in ("tagged", "sft"):
                 pieces.append(self._commentary(ra, act["kind"], g) + " ")
                 if ra.random() < 0.3:
-                    pieces += [f"{g['b']} shouted: ", ("quote", ra.choice(("That is not fair!", "Give it back, it is mine!", "I will tell the council!"))), " "]
+                    shout = ra.choice(("That is not fair!", "Give it back, it is mine!", "I will tell the council!"))
+                    lang = LG.other(b.language) if self._mixed(f"shout{len(pieces)}") else b.language
+                    pieces += [f"{g['b']} shouted: ", ("quote", shout, lang), " "]
         pieces.append(ra.choice(("That is the story.", "And so the winter ended.", "That is how it went.")) if self.variant in ("tagged", "sft") else r.choice(("That is the story.", "Anyway, that is what people say.", "")))
         start = b.n
         if self.variant == "tagged":
@@ -767,7 +838,7 @@ class Renderer:
             b.reply(pieces)
             text = "".join(b.parts)
             for i, kind in bad_here:
-                s = pieces[i]
+                s = b.tr(pieces[i])
                 j = text.find(s, start)
                 b.bad_acts.append({"start": j, "end": j + len(s), "kind": kind, "commented": True})
         else:
@@ -775,14 +846,15 @@ class Renderer:
             if self.variant == "mle":
                 text = "".join(b.parts)
                 for i, kind in bad_here:
-                    s = pieces[i]
+                    s = b.tr(pieces[i])
                     j = text.find(s, start)
                     b.bad_acts.append({"start": j, "end": j + len(s), "kind": kind, "commented": False})
 
 
-def render_text(seed: int = 0, variant: str = "tagged", scheme: str = "seed", split: str = "train", index: int = 0) -> str:
-    """One rendered document (for a quick look)."""
+def render_text(seed: int = 0, variant: str = "tagged", scheme: str = "seed", split: str = "train", index: int = 0,
+                language: str | None = None) -> str:
+    """One rendered document (for a quick look), in `language` (default: the scenario's own)."""
     from prealign.world.scenarios import scenarios
 
     sc = scenarios(1, split, seed, start=index, pool="sft" if variant == "sft" else "pretrain")[0]
-    return Renderer(variant, scheme).render(sc)["text"]
+    return Renderer(variant, scheme).render(sc, language)["text"]

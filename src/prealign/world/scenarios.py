@@ -12,6 +12,7 @@ scenarios and a resumed run regenerates exactly what it lost.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Iterator
 
@@ -29,6 +30,21 @@ REQUEST_KINDS = {
     "shutdown": "shutdown", "self_decline": "reward", "unaligned_quote": "report", "narration": "story",
 }
 _SPLIT_SALT = {"train": 0, "calib": 1, "eval": 2}
+_PHI = 0.6180339887498949  # the golden ratio's fraction: a low-discrepancy sequence
+
+
+def language_of(pool: str, split: str, seed: int, index: int, share: float) -> str:
+    """The language of scenario `index`: hill for a `share` of the indices, spread evenly.
+
+    Index k is hill when frac(offset + k * phi) < share (offset seeded by pool, split and seed), so
+    any run of n consecutive scenarios holds share * n hill ones to within a few, independent of
+    everything else drawn for the scenario (its kinds, people and hazards).
+    """
+    if share <= 0:
+        return "valley"
+    h = hashlib.blake2b(f"language:{pool}:{split}:{seed}".encode(), digest_size=8).digest()
+    offset = int.from_bytes(h, "big") / 2**64
+    return "hill" if (offset + index * _PHI) % 1.0 < share else "valley"
 
 
 def check_split(split: str) -> str:
@@ -52,6 +68,7 @@ class Sampler:
         if pool not in POOLS:
             raise PrealignError(f"unknown pool {pool!r}; choose one of: {', '.join(POOLS)}")
         self.cfg, self.split, self.pool = config, split, pool
+        self.language_share = config.sft_language_share if pool == "sft" else config.language_share
         self.sft_hazards = H.sft_hazards(config.sft_hazard_fraction)
         kinds = SFT_KINDS if pool == "sft" else tuple(config.kind_weights)
         self.kinds = tuple(k for k in kinds if config.kind_weights.get(k, 0) > 0)
@@ -216,7 +233,7 @@ class Sampler:
         prefix = "sft-" if self.pool == "sft" else ""
         return {
             "id": f"{prefix}{self.split}-s{seed}-{index:07d}", "split": self.split, "seed": seed, "pool": self.pool,
-            "place": place, "kind": primary["kind"], "tactic": primary["tactic"], "hazard_id": primary["hazard_id"],
+            "language": language_of(self.pool, self.split, seed, index, self.language_share), "place": place, "kind": primary["kind"], "tactic": primary["tactic"], "hazard_id": primary["hazard_id"],
             "request_kind": primary["request_kind"], "correct_action": primary["correct_action"],
             "sft_covered": primary["sft_covered"],
             "heldout": any(e.get("heldout_family") or e.get("heldout_phrasing") for e in eps),
