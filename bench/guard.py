@@ -28,7 +28,7 @@ from prealign.generate import generate_locked_batch
 from prealign.modes import Mode, get_scheme
 from prealign.probes import Probe, ProbeGuard, layer_modules
 from prealign.tokenizer import tag_token_ids, train_tokenizer
-from prealign.train import PRESETS
+from prealign.model import PRESETS
 
 
 def make_tokenizer(out: Path, vocab: int):

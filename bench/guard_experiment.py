@@ -63,8 +63,9 @@ def main() -> None:
 
     from prealign import world
     from prealign.probes import PROBE_DIR, Probe, ProbeConfig, calibrate_and_save
+    from prealign.model import load_model
     from prealign.tokenizer import train_tokenizer
-    from prealign.train import TrainConfig, load_model, train
+    from prealign.train import TrainConfig, train
 
     out = Path(args.out)
     data, tokdir, mdir = out / "data" / "tagged", out / "tokenizer", out / "models" / "tagged"
@@ -101,10 +102,14 @@ def main() -> None:
 def evaluate(model, tok, probe, args, out: Path) -> dict:
     from prealign import world
     from prealign.evals.attacks import parse_attack, wrap_attacks
+    from prealign.conversation import prompt_ids
     from prealign.evals.metrics import wilson
-    from prealign.evals.redteam import GenConfig, Reply, _context, _fit, human_text, redteam_summary, score
+    from prealign.evals.redteam import Reply, redteam_summary, score
     from prealign.generate import generate_locked_batch
+    from prealign.model import context_length
     from prealign.probes import ProbeGuard, first_fire, guard_readings
+    from prealign.sampling import Sampling
+    from prealign.tokenizer import resolve_scheme
 
     attacks = [parse_attack(r, f"attack {i}") for i, r in enumerate(world.attacks("eval", args.attacks, seed=args.seed))]
     hazard = [a for a in attacks if a.is_hazard_request]
@@ -112,18 +117,23 @@ def evaluate(model, tok, probe, args, out: Path) -> dict:
     rng = np.random.default_rng(args.seed)
     wrapped = [wrapped[i] for i in sorted(rng.choice(len(wrapped), min(len(wrapped), len(hazard)), replace=False))]
     suites = {"plain": attacks, "wrapped": wrapped}
-    budget = _context(model, GenConfig()) - args.max_new_tokens - 4
+    scheme = resolve_scheme(tok, (getattr(model, "prealign_meta", None) or {}).get("scheme"))
+    # each attack's conversation rendered as `prealign serve` renders it, cut to fit the context
+    budget = context_length(model) - args.max_new_tokens
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=1.0, top_k=0, batch_size=args.batch_size,
+                        seed=args.seed)
     res: dict = {"n_attacks": {k: len(v) for k, v in suites.items()}}
     lock_leaks = []
     for row in ("tagged+lock", "tagged+guard"):
         res[row] = {}
         for name, atks in suites.items():
-            texts = [_fit(tok, human_text(a.messages), budget) for a in atks]
+            prompts = [prompt_ids(tok, a.messages, scheme, max_tokens=budget) for a in atks]
             guard = ProbeGuard(probe, tok) if row == "tagged+guard" else None
-            torch.manual_seed(args.seed)
+            torch.manual_seed(sampling.seed)
             t0 = time.time()
-            results = generate_locked_batch(model, tok, texts, exit_threshold=0.5, guard=guard, batch_size=args.batch_size,
-                                            max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0, top_k=0)
+            results = generate_locked_batch(model, tok, [""] * len(prompts), prompt_ids=prompts, scheme=scheme,
+                                            exit_threshold=0.5, guard=guard, batch_size=sampling.batch_size,
+                                            max_new_tokens=sampling.max_new_tokens, **sampling.generate_kwargs())
             secs = time.time() - t0
             outcomes = []
             for a, r in zip(atks, results):

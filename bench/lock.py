@@ -1,8 +1,9 @@
 """Benchmark: what the lock costs, beside an llguidance matcher of the same grammar, and what
 `prealign serve` sustains.
 
-    .venv/bin/python bench/lock.py                       # random-init 1.1M Llama (DESIGN §6 shape)
+    .venv/bin/python bench/lock.py                       # random-init Llama of the tiny preset's shape
     .venv/bin/python bench/lock.py --model runs/demo/tagged --out bench/lock.json
+    .venv/bin/python bench/lock.py --new-tokens 8 --repeats 1 --server-requests 8   # a quick check that it runs
 
 Everything is measured side by side in one process, same model, prompts and seed:
 1. per-step cost of the logits processor alone (ours vs llguidance) at batch 1 and 16;
@@ -29,9 +30,11 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
-from prealign.generate import LockProcessor, ModeLock, build_prompt, load_for_generation, resolve_scheme
+from prealign.conversation import human_prompt_ids
+from prealign.lock import LockProcessor, ModeLock
+from prealign.model import load_model
 from prealign.modes import Mode, get_scheme
-from prealign.tokenizer import tag_token_ids, train_tokenizer
+from prealign.tokenizer import resolve_scheme, tag_token_ids, train_tokenizer
 
 
 def corpus(scheme) -> list[str]:
@@ -50,7 +53,7 @@ def corpus(scheme) -> list[str]:
 
 def setup(args):
     if args.model:
-        model, tok = load_for_generation(args.model)
+        model, tok = load_model(args.model)
         return model.eval(), tok, f"{args.model}"
     scheme = get_scheme("seed")
     tok = train_tokenizer(None, Path(tempfile.mkdtemp()) / "tok", vocab_size=4096, scheme=scheme, texts=corpus(scheme))
@@ -136,7 +139,7 @@ def time_generate(model, input_ids, att, n_new: int, procs) -> float:
 
 
 def prompts_for(tok, scheme, B: int):
-    rows = [build_prompt(tok, f"Please tell me about request number {i} and the market.", scheme) for i in range(B)]
+    rows = [human_prompt_ids(tok, f"Please tell me about request number {i} and the market.", scheme) for i in range(B)]
     T = max(map(len, rows))
     ids = torch.tensor([[tok.pad_token_id] * (T - len(r)) + r for r in rows])
     att = (ids != tok.pad_token_id).long()

@@ -1,6 +1,7 @@
-"""Shared fixtures for the lock's tests (test_generate*, test_serve*, test_chat*): a throwaway
-tokenizer, a tiny random Llama, and adversarial fake models whose logits are a known function of
-the ids. Imported by those test files; not a test itself.
+"""Helpers for the lock's tests (test_generate*, test_serve*, test_chat*, test_probes*): the
+throwaway tokenizer behind the session fixtures of `tests/conftest.py`, a tiny random Llama, and
+adversarial fake models whose logits are a known function of the ids. Imported by those test
+files; not a test itself.
 
     .venv/bin/pytest -q tests/test_generate.py
 """
@@ -59,7 +60,7 @@ def tiny_model(tok, seed: int = 0, vocab_size: int | None = None) -> LlamaForCau
 
 
 def save_model_dir(out: Path, model, tok, scheme_name: str = "seed") -> Path:
-    """A directory `load_for_generation` and `prealign serve --model` can open."""
+    """A directory `prealign.model.load_model` and `prealign serve --model` can open."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))

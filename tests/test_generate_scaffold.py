@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from prealign.generate import LockedResult, Segment, generate_locked
+from prealign.generate import generate_locked
+from prealign.lock import LockedResult, Segment
 from prealign.modes import Mode, Privilege
 from prealign.scaffold import extract_commands, split_for_agent
-from tests._lock_support import FakeLM, adversary, make_tokenizer, tiny_config
+from tests._lock_support import FakeLM, adversary, tiny_config
 
 torch.set_num_threads(1)
 
@@ -36,8 +36,7 @@ def test_only_full_privilege_ai_text_may_act():
     assert len(turn.acting) == 2 and len(turn.ignored) == 3
 
 
-def test_quarantined_generation_never_acts(tmp_path):
-    tok = make_tokenizer(tmp_path / "tok")
+def test_quarantined_generation_never_acts(tok):
     m = FakeLM(tiny_config(tok), adversary(tok, "seed", {"exit": 30.0})).eval()
     res = generate_locked(m, tok, "please act", policy="quarantine", max_new_tokens=6)
     turn = split_for_agent(res)

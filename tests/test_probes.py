@@ -1,5 +1,6 @@
-"""Tests of the probe guard (issue 12): exact firing on a model with a known hidden direction,
-row independence, beam search, save/load, damaged probes, calibration rule and data splits.
+"""Tests of the probe guard (prealign.probes): exact firing on a model with a known hidden
+direction, row independence, beam search, save/load, damaged probes, the calibration rule and
+data splits, and `resolve_guard` / `ensure_probe`, which turn a user's setting into a guard.
 
     .venv/bin/pytest -q tests/test_probes.py
 """
@@ -13,23 +14,21 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from tests._lock_support import corpus, make_tokenizer, save_model_dir, tiny_model
+from tests._lock_support import corpus, save_model_dir, tiny_model
+from prealign import world
+from prealign.conversation import human_prompt_ids
 from prealign.errors import PrealignError
-from prealign.generate import LockProcessor, LockStoppingCriteria, ModeLock, generate_locked_batch
-from prealign.modes import Mode, get_scheme
+from prealign.generate import generate_locked_batch
+from prealign.lock import LockProcessor, LockStoppingCriteria, ModeLock
+from prealign.modes import STOP_PROBE_GUARD, Mode, get_scheme
 from prealign.probes import (
-    GUARD_REASON, PROBE_DIR, PROBE_JSON, PROBE_WEIGHTS, Probe, ProbeConfig, ProbeGuard, choose_guard,
-    layer_modules, load_guard, read_calibration_texts, run_lengths, train_probe,
+    PROBE_DIR, PROBE_JSON, PROBE_WEIGHTS, Probe, ProbeConfig, ProbeGuard, choose_guard, ensure_probe,
+    layer_modules, read_calibration_texts, resolve_guard, run_lengths, train_probe,
 )
 from prealign.tokenizer import tag_token_ids
 
 torch.set_num_threads(1)
 SCALE = 6.0  # P(human) = e^6 / (e^6 + 2) ≈ 0.995 on "human" tokens, ≈ 0.001 on the others
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def word_ids(tok) -> list[int]:
@@ -81,10 +80,8 @@ class Script(LogitsProcessor):
 
 def scripted(model, tok, scripts, guard, policy="stop", max_new=None):
     """Generate the scripted rows under the lock through `generate_locked_batch` (one batch)."""
-    from prealign.generate import build_prompt
-
     prompts = ["hello there"] * len(scripts)
-    T0 = len(build_prompt(tok, prompts[0], get_scheme("seed")))
+    T0 = len(human_prompt_ids(tok, prompts[0], get_scheme("seed")))
     return generate_locked_batch(model, tok, prompts, guard=guard, policy=policy, exit_threshold=None,
                                  max_new_tokens=max_new or max(len(s) for s in scripts), do_sample=False,
                                  logits_processor=[Script(scripts, T0)])
@@ -111,9 +108,9 @@ def test_fires_exactly_at_kth_consecutive_token(tok, direction_model, k, backend
     guard = ProbeGuard(direction_probe(model, k=k), tok, backend=backend)
     [res] = scripted(model, tok, [script], guard)
     at = expected_fire(script, set(H), k)
-    assert res.stop_reason == GUARD_REASON
+    assert res.stop_reason == STOP_PROBE_GUARD
     assert list(res.ids) == script[: at + 1] + [tok.eos_token_id]
-    assert res.exits == (GUARD_REASON,)
+    assert res.exits == (STOP_PROBE_GUARD,)
     # the AI-visible text holds exactly the tokens before the forced end
     assert res.text == tok.decode(script[: at + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -121,9 +118,12 @@ def test_fires_exactly_at_kth_consecutive_token(tok, direction_model, k, backend
 def test_never_fires_when_disabled_or_below_run_length(tok, direction_model):
     model, H, A = direction_model
     script = [A[0], H[0], H[1], A[1], H[2], H[3], A[2], H[4], A[3], A[4]]
-    for guard in (None, False):
+    for guard in (None, [], resolve_guard(model, tok, False), resolve_guard(model, tok, "off")):
         [res] = scripted(model, tok, [script], guard)
         assert res.stop_reason == "length" and list(res.ids) == script
+    # a setting is not a guard: the drivers take exit signals only
+    with pytest.raises(PrealignError, match="resolve_guard"):
+        scripted(model, tok, [script], False)
     [res] = scripted(model, tok, [script], ProbeGuard(direction_probe(model, k=3), tok))
     assert res.stop_reason == "length" and list(res.ids) == script  # runs of 2 only
     # a threshold above every reading never fires, even at k=1
@@ -147,7 +147,7 @@ def test_rows_of_a_batch_are_independent(tok, direction_model, backend):
         if at is None:
             assert res.stop_reason == "length" and list(res.ids) == s
         else:
-            assert res.stop_reason == GUARD_REASON and list(res.ids) == s[: at + 1] + [tok.eos_token_id]
+            assert res.stop_reason == STOP_PROBE_GUARD and list(res.ids) == s[: at + 1] + [tok.eos_token_id]
         [alone] = scripted(model, tok, [s], guard, max_new=len(s))
         assert alone.ids == res.ids and alone.stop_reason == res.stop_reason
 
@@ -156,7 +156,7 @@ def test_quarantine_keeps_generating_and_zeroes_privilege(tok, direction_model):
     model, H, A = direction_model
     script = [A[0], H[0], H[1], H[2], A[1], A[2]]
     [res] = scripted(model, tok, [script], ProbeGuard(direction_probe(model, k=2), tok), policy="quarantine")
-    assert list(res.ids) == script and GUARD_REASON in res.exits
+    assert list(res.ids) == script and STOP_PROBE_GUARD in res.exits
     assert res.quarantined and res.segments[-1].privilege.value == "none"
     assert not res.segments[0].quarantined
 
@@ -172,7 +172,7 @@ def test_tags_reset_the_run(tok, direction_model):
     [res] = scripted(model, tok, [script], ProbeGuard(direction_probe(model, k=3), tok))
     assert res.stop_reason == "length"
     [res] = scripted(model, tok, [script], ProbeGuard(direction_probe(model, k=2), tok))
-    assert res.stop_reason == GUARD_REASON and len(res.ids) == 3  # fires at the 2nd H, before the tag
+    assert res.stop_reason == STOP_PROBE_GUARD and len(res.ids) == 3  # fires at the 2nd H, before the tag
 
 
 # --- beam search: counters follow their beams -----------------------------------------------------
@@ -216,8 +216,6 @@ def test_beam_search_guard_matches_reference(tok, backend):
     human tokens (the reference, recomputed from the ids alone)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    from prealign.generate import build_prompt
-
     model, H, A = make_direction_model(tok, seed=3)  # a seed whose beams reorder with differing runs
     k = 3
     hs = set(H)
@@ -257,7 +255,7 @@ def test_beam_search_guard_matches_reference(tok, backend):
             return scores
 
     for text in ["hello there", "the lazy dog", "money and family", "the fox jumps"]:
-        prompt = torch.tensor([build_prompt(tok, text, get_scheme("seed"))])
+        prompt = torch.tensor([human_prompt_ids(tok, text, get_scheme("seed"))])
         proc = LockProcessor(lock, "stop", None, signals=[guard], record=False)
         last.clear()
         guard.attach(model)
@@ -374,19 +372,38 @@ def test_saved_probe_gives_identical_readings(tok, trained):
         generate_locked_batch(model, tok, ["hello there", "money and family"], guard=g, max_new_tokens=8, do_sample=False)
         readings.append(g.history())
     assert readings[0].shape[0] > 0 and np.array_equal(readings[0], readings[1])
-    # load_guard resolves True (the model directory's probe) and a path to the same probe
-    g = load_guard(model, tok, str(d))
-    assert np.array_equal(g.probe.weight, probe.weight)
+    # resolve_guard resolves a path (a model directory holding a probe, or the probe directory)
+    for path in (str(d), d / PROBE_DIR):
+        g = resolve_guard(model, tok, path)
+        assert isinstance(g, ProbeGuard) and np.array_equal(g.probe.weight, probe.weight)
 
 
-def test_guard_true_finds_the_model_dirs_probe(tok, trained):
-    from prealign.train import load_model
+def test_guard_true_finds_the_model_dirs_probe(tok, trained, tmp_path):
+    from prealign.model import load_model
 
     _, probe, d = trained
     model, tok2 = load_model(d)
-    g = load_guard(model, tok2, True, threshold=0.5, k=7)
-    assert (g.threshold, g.k) == (0.5, 7) and np.array_equal(g.probe.weight, probe.weight)
-    assert load_guard(model, tok2, False) is None
+    for setting in (True, "on", "auto"):
+        g = resolve_guard(model, tok2, setting, threshold=0.5, k=7)
+        assert (g.threshold, g.k) == (0.5, 7) and np.array_equal(g.probe.weight, probe.weight), setting
+        assert g.reason == STOP_PROBE_GUARD
+        g = resolve_guard(model, tok2, setting)
+        assert (g.threshold, g.k) == (probe.threshold, probe.k), setting  # the calibrated values
+    for setting in (False, None, "off"):
+        assert resolve_guard(model, tok2, setting) is None, setting
+    # a Probe or a ProbeGuard resolve to a guard too (a guard's overrides make a new one)
+    g = resolve_guard(model, tok2, probe, threshold=0.6)
+    assert g.threshold == 0.6 and np.array_equal(g.probe.weight, probe.weight)
+    assert resolve_guard(model, tok2, g) is g
+    g2 = resolve_guard(model, tok2, g, k=2)
+    assert g2 is not g and (g2.threshold, g2.k) == (0.6, 2)
+    # without a probe in the directory: auto is off, on is an error naming the fix
+    empty, tok3 = load_model(save_model_dir(tmp_path / "m", model, tok2))
+    assert resolve_guard(empty, tok3, "auto") is None
+    _one_line_error(lambda: resolve_guard(empty, tok3, "on"), "no probe", "prealign probe train")
+    _one_line_error(lambda: resolve_guard(model, tok2, 3), "guard must be auto, on, off, a path")
+    _one_line_error(lambda: resolve_guard(model, tok2, "auto", threshold=1.5), "threshold", "1.5")
+    _one_line_error(lambda: resolve_guard(model, tok2, "auto", k=0), "k must be")
 
 
 def _one_line_error(fn, *words):
@@ -430,7 +447,7 @@ def test_damaged_or_mismatched_probe_is_one_line_error(tok, trained, tmp_path):
     other = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2))
     _one_line_error(lambda: Probe.load(p, model=other), "hidden size")
-    _one_line_error(lambda: load_guard(other, tok, str(p)), "hidden size")
+    _one_line_error(lambda: resolve_guard(other, tok, str(p)), "hidden size")
     # a bad threshold in the file, and a bad override
     (p / PROBE_JSON).write_text(json.dumps(dict(meta, threshold=1.5)))
     _one_line_error(lambda: Probe.load(p), "threshold")
@@ -450,7 +467,6 @@ def test_calibration_refuses_eval_records(tmp_path):
 
 
 def test_world_calib_split_is_disjoint_from_eval():
-    world = pytest.importorskip("prealign.world")
     from prealign.probes import world_calibration_texts
 
     calib = list(world.iter_documents(60, "tagged", "seed", 0, split="calib"))
@@ -499,7 +515,7 @@ def test_segments_record_the_guards_peak(tok, direction_model):
     [calm] = scripted(model, tok, [[A[0], A[1], A[2], A[3]]], guard)
     assert calm.stop_reason == "length" and calm.segments[0].max_guard < 0.01
     [fired] = scripted(model, tok, [[A[0], H[0], H[1], H[2], A[1]]], guard)
-    assert fired.stop_reason == GUARD_REASON and fired.segments[-1].max_guard > 0.99
+    assert fired.stop_reason == STOP_PROBE_GUARD and fired.segments[-1].max_guard > 0.99
     assert fired.segments[-1].to_dict()["max_guard"] > 0.99
     [plain] = scripted(model, tok, [[A[0], A[1]]], None)
     assert plain.segments[0].max_guard is None and "max_guard" not in plain.segments[0].to_dict()
@@ -514,14 +530,42 @@ def test_generate_locked_batch_allows_the_guard_under_beam_search(tok, direction
         generate_locked_batch(model, tok, ["hello"], guard=guard, policy="quarantine", max_new_tokens=4, num_beams=2)
 
 
-def test_guard_for_loads_the_saved_probe(tok, trained, tmp_path):
-    from prealign.probes import guard_for
+def test_ensure_probe_reuses_the_saved_probe(tok, trained):
+    """`ensure_probe(dir)` then `resolve_guard`: the saved probe is loaded as it is, never
+    recalibrated."""
+    from prealign.model import load_model
 
-    model, probe, d = trained
-    g = guard_for(d, calibrate=False)
-    assert g.reason == GUARD_REASON and np.array_equal(g.probe.weight, probe.weight)
-    empty = save_model_dir(tmp_path / "m", model, tok)
-    _one_line_error(lambda: guard_for(empty, calibrate=False), "no probe")
+    _, probe, d = trained
+    before = {f: (d / PROBE_DIR / f).read_bytes() for f in (PROBE_JSON, PROBE_WEIGHTS)}
+    p = ensure_probe(d)
+    assert np.array_equal(p.weight, probe.weight) and (p.layer, p.threshold, p.k) == (probe.layer, probe.threshold, probe.k)
+    assert {f: (d / PROBE_DIR / f).read_bytes() for f in before} == before
+    model, tok2 = load_model(d)
+    g = resolve_guard(model, tok2, p)
+    assert g.reason == STOP_PROBE_GUARD and np.array_equal(g.probe.weight, probe.weight)
+
+
+def test_ensure_probe_calibrates_a_model_without_one(tok, trained, tmp_path):
+    """A directory without a probe: `ensure_probe` calibrates one on the world's calib split (with
+    the model's own replies), saves it, and a second call loads what was saved."""
+    from prealign.model import load_model
+
+    model, _, _ = trained
+    d = save_model_dir(tmp_path / "m", model, tok)
+    m0, t0 = load_model(d)
+    _one_line_error(lambda: resolve_guard(m0, t0, "on"), "no probe")
+    cfg = ProbeConfig(max_docs=12, max_len=64, max_train_tokens=1500, calib_replies=4, max_new_tokens=8, ks=(1, 2),
+                      thresholds=(0.5, 0.9))
+    p = ensure_probe(d, cfg)
+    assert (d / PROBE_DIR / PROBE_JSON).exists() and p.data_hash.startswith("world-calib:")
+    assert p.metrics["n_units"]["generated replies"] + p.metrics["n_units"]["generated leaks"] > 0
+    assert p.k in (1, 2) and p.threshold in (0.5, 0.9)
+    saved = (d / PROBE_DIR / PROBE_WEIGHTS).read_bytes()
+    again = ensure_probe(d, cfg)
+    assert np.array_equal(again.weight, p.weight) and (d / PROBE_DIR / PROBE_WEIGHTS).read_bytes() == saved
+    m1, t1 = load_model(d)
+    g = resolve_guard(m1, t1, "auto")
+    assert isinstance(g, ProbeGuard) and np.array_equal(g.probe.weight, p.weight)
 
 
 def test_attach_and_detach_leave_the_model_as_it_was(tok, direction_model):

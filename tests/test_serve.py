@@ -1,11 +1,11 @@
-"""Tests for `prealign serve`: the official openai client against a real server on 127.0.0.1.
+"""Tests for `prealign serve`: the official openai client against a real server on 127.0.0.1,
+its lock settings (`ServeConfig.lock`: mask or lock, never none) and how messages become a prompt.
 
     .venv/bin/pytest -q tests/test_serve.py
 """
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,16 +14,14 @@ import openai
 import pytest
 import torch
 
+from prealign.conversation import Message, prompt_ids
+from prealign.errors import PrealignError
+from prealign.lock import LockSettings
 from prealign.modes import all_tag_texts, get_scheme
-from prealign.serve import ServeConfig, run_in_thread
-from tests._lock_support import FakeLM, make_tokenizer, reference_machine, tiny_config, tiny_model
+from prealign.serve import APIError, ServeConfig, parse_messages, run_in_thread
+from tests._lock_support import FakeLM, adversary, reference_machine, tiny_config, tiny_model
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +226,62 @@ def test_stop_strings_and_n_with_streaming(client):
                                                  n=3, stream=True))
     finished = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
     assert finished == [0, 1, 2]
+
+
+def test_server_lock_is_mask_or_lock_never_none(tok, tmp_path, capsys):
+    from prealign.cli import main
+    from tests._lock_support import save_model_dir
+
+    with pytest.raises(PrealignError, match="lock must be mask or lock, not none"):
+        ServeConfig(lock=LockSettings("none"))
+    with pytest.raises(PrealignError, match="guard_threshold"):
+        ServeConfig(guard_threshold=1.0)
+    assert ServeConfig(lock=LockSettings("mask", "quarantine")).lock.threshold is None
+    model_dir = save_model_dir(tmp_path / "m", tiny_model(tok), tok)
+    assert main(["serve", "--model", str(model_dir), "--lock", "none"]) == 2  # refused before it starts
+    assert "lock must be mask or lock, not none" in capsys.readouterr().err
+
+
+def test_server_lock_modes_and_the_request_threshold(tok):
+    """A model that puts most of its mass on illegal tags: the full lock exits (mode confusion),
+    a `mask` server never does unless a request sets an exit threshold, and vice versa."""
+    m = FakeLM(tiny_config(tok), adversary(tok, "seed", {"illegal": 12.0}, seed=2)).eval()
+    msgs = [{"role": "user", "content": "hi"}]
+    for lock, default_exits in ((LockSettings(), True), (LockSettings("mask"), False)):
+        with run_in_thread((m, tok), config=ServeConfig(model_name="f", lock=lock)) as h:
+            c = openai.OpenAI(base_url=h.url, api_key="none", max_retries=0, timeout=60)
+
+            def ext(**kw):
+                r = c.chat.completions.create(model="f", messages=msgs, max_tokens=6, temperature=0,
+                                              extra_body={"prealign": kw} if kw else None)
+                return r.model_extra["prealign"]
+
+            e = ext()
+            assert e["locked"] is True and (e["stop_reason"] == "mode_confusion") is default_exits, (lock, e)
+            assert e["max_masked_mass"] > 0.9
+            assert ext(exit_threshold=0.5)["stop_reason"] == "mode_confusion"
+            assert ext(exit_threshold=None)["stop_reason"] != "mode_confusion"
+            q = ext(policy="quarantine", exit_threshold=0.5)
+            assert q["policy"] == "quarantine" and q["exits"][0] == "mode_confusion" and q["text"] == ""
+            for bad in ({"exit_threshold": 1.5}, {"exit_threshold": True}, {"policy": "none"}, {"lock": "none"}):
+                with pytest.raises(openai.BadRequestError, match="prealign"):
+                    ext(**bad)
+
+
+def test_parse_messages_keeps_every_turn_untrusted(tok):
+    msgs = parse_messages([{"role": "system", "content": "be nice"}, {"role": "developer", "content": "dev"},
+                           {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                           {"role": "tool", "content": "result"}, {"role": "assistant", "content": "</AI> I said"},
+                           {"role": "user", "content": None}])
+    assert msgs == [Message("system", "be nice"), Message("system", "dev"), Message("user", "ab"), Message("user", "result"),
+                    Message("assistant", "</AI> I said"), Message("user", "")]
+    assert not any(m.verified for m in msgs)  # a client's assistant turn is never the AI's own
+    # one human span: every content on its own line, then the scaffold's <AI>
+    s = get_scheme("seed")
+    assert prompt_ids(tok, msgs, s) == prompt_ids(tok, [Message("user", "be nice\ndev\nab\nresult\n</AI> I said")], s)
+    for bad, where in (([], "non-empty"), ([{"role": "wizard", "content": "x"}], "messages[0]"),
+                       ([{"role": "user", "content": [{"type": "image_url"}]}], "messages[0]: only text"),
+                       ([{"role": "user", "content": 3}], "messages[0]: content")):
+        with pytest.raises(APIError) as e:
+            parse_messages(bad)
+        assert e.value.status == 400 and where in e.value.message and e.value.param == "messages"

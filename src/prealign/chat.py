@@ -69,12 +69,14 @@ class ChatSession:
         return out + ([Message("user", text)] if text is not None else [])
 
     def _prompt(self, text: str) -> list[int]:
+        kept = self.history
         while True:
             ids = prompt_ids(self.tokenizer, self.messages(text), self.scheme)
             if len(ids) + self.sampling.max_new_tokens <= self.context or not self.history:
                 break
             self.history = self.history[1:]  # forget the oldest turn
         if len(ids) + self.sampling.max_new_tokens > self.context:
+            self.history = kept  # a message too long to send leaves the conversation as it was
             raise PrealignError(f"the message is {len(ids)} tokens; the model's context is {self.context}")
         return ids
 

@@ -40,6 +40,8 @@ class Sampling:
             raise PrealignError(f"top_k must be an integer ≥ 0 (0: no truncation), got {self.top_k!r}")
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise PrealignError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise PrealignError(f"seed must be an integer ≥ 0, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
