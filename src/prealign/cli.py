@@ -37,6 +37,15 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def _click_exceptions():
+    """The exceptions module of the click that typer runs on (recent typer ships its own copy)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # typer on the separate click package
+        from click import exceptions
+    return exceptions
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     _register()
@@ -54,13 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prealign: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # click usage errors surface here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors surface here in non-standalone mode
+        click = _click_exceptions()
+        if isinstance(e, click.ClickException):
             e.show()
             return 2
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, click.Abort):
             return 130
         raise
     return 0
