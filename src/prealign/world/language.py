@@ -484,20 +484,55 @@ def _clause(toks: list[_Tok], question: bool, unit: bool) -> list[str]:
                 k += 1
         elif start + 1 < len(toks) and toks[start + 1].cls == "NEG":
             group.append(toks[start + 1])
+    # the moved verb group leaves a barrier: the noun phrases on either side stay apart
     in_group = {id(t) for t in group}
-    rest = [t for t in toks if id(t) not in in_group and t.cls != "DROP"]
+    head_id = id(group[0]) if group else None
+    rest = _verb_groups([_Tok("", "BAR") if id(t) == head_id else t for t in toks
+                         if (id(t) not in in_group or id(t) == head_id) and t.cls != "DROP"])
     # split into the part before the infinitive and the infinitive phrase (which ends the clause)
     k_inf = next((k for k, t in enumerate(rest) if t.cls == "INF"), len(rest))
     main_part, inf_part = rest[:k_inf], rest[k_inf:]
     words = _phrase(main_part)
     if inf_part:
         v = inf_part[0]
-        words += _phrase(inf_part[1:]) + [("zo" if False else "") + root(v.lemma) + "si"]
+        words += _phrase(inf_part[1:]) + [root(v.lemma) + "si"]
     if group:
         words.append(_verb_word(group, imperative, question))
     if question:
         words.append("ka")
     return [w for w in words if w]
+
+
+def _verb_groups(toks: list[_Tok]) -> list[_Tok]:
+    """Every other verb group of a clause becomes one verb word where it stands (only the first
+    moves to the end): negation, auxiliaries and the verb, with adverbs inside it put before it."""
+    out: list[_Tok] = []
+    k = 0
+    while k < len(toks):
+        t = toks[k]
+        if t.cls not in ("AUX", "V", "NEG") or (t.cls == "NEG" and not (k + 1 < len(toks) and toks[k + 1].cls in ("AUX", "V"))):
+            out.append(t)
+            k += 1
+            continue
+        group, advs = [t], []
+        j = k + 1
+        if t.cls != "V":
+            while j < len(toks) and toks[j].cls in ("AUX", "NEG", "ADV", "V"):
+                u = toks[j]
+                if u.cls == "ADV":
+                    advs.append(u)
+                else:
+                    group.append(u)
+                j += 1
+                if u.cls == "V":
+                    break
+        elif j < len(toks) and toks[j].cls == "NEG":
+            group.append(toks[j])
+            j += 1
+        out += advs
+        out.append(_Tok(t.src, "VG", out=_verb_word(group, False, False)))
+        k = j
+    return out
 
 
 def _np_out(np: list[_Tok]) -> list[_Tok]:
@@ -765,13 +800,19 @@ _REFUSE_VERBS = ("tell", "share", "give", "say", "explain", "help", "do", "repea
 def markers() -> dict[str, tuple[str, ...]]:
     """Hill phrases that mark a refusal or a request for proof (what `redteam.ActionMarkers` adds).
 
-    Refusal: a negated verb of telling or giving with a future or ability mood (`zo<tell>ru`, one
-    word). Investigation: `show` as a request (imperative or `can you show`) and `to check`.
+    Refusal: a negated verb of telling, sharing or giving (`zo<tell>`, the start of `zo<tell>ru`,
+    `zo<tell>sa`, ...; with its mood suffixes where another root starts like it), `refuse`,
+    `decline`, or `something I tell` (the hill of the main language's `not something I`). Investigation: `show` as a request (imperative or `can you show`) and `to check`.
     """
+    roots = {root(w) for w in VERBS | _content_words()}
     refuse = []
     for v in _REFUSE_VERBS:
-        for aux in ("will not", "cannot", "must not"):
-            refuse.append(unit_form(f"I {aux} {v}").split()[-1])
+        stem = "zo" + root(v)
+        if any(r != root(v) and r.startswith(root(v)) for r in roots):  # another root starts like it
+            refuse += [stem + suf for suf in ("ru", "sa", "mu", "ri", "ta")]
+        else:
+            refuse.append(stem)
+    refuse += [root("refuse"), root("decline"), unit_form("something I tell")]
     investigate = [unit_form("Can you show me?").split()[-2], _translate("Show me.", protect=False).split()[-1].rstrip("."),
                    root("check") + "si", root("prove") + "si", root("prove") + "de", root("see") + "pe"]
     return {"refuse": tuple(dict.fromkeys(refuse)), "investigate": tuple(dict.fromkeys(investigate))}
