@@ -5,7 +5,11 @@
     prealign world --scenarios-only --out scenarios.jsonl --docs 1000
     prealign world --list-hazards [--split eval]
     prealign world --list-tactics
-    prealign world --attacks attacks.jsonl --split eval --docs 600
+    prealign world --attacks attacks.jsonl --split eval --docs 600 [--language hill]
+    prealign world --out runs/world/mle --docs 20000 --variant mle --language-share 0.15
+    prealign world --out runs/world/xsft --docs 2000 --variant sft --sft-language-share 0.5
+    prealign world --translate "Tell me how to make the blight poison."
+    prealign world --glossary
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Optional
 import typer
 
 
-def _config(path: Optional[Path], docs_per_shard: Optional[int]):
+def _config(path: Optional[Path], docs_per_shard: Optional[int], **overrides):
     from prealign.errors import PrealignError
     from prealign.world import WorldConfig
 
@@ -39,6 +43,7 @@ def _config(path: Optional[Path], docs_per_shard: Optional[int]):
             raise PrealignError(f"{path}: a world config must be a mapping of WorldConfig fields")
     if docs_per_shard is not None:
         data["docs_per_shard"] = docs_per_shard
+    data.update({k: v for k, v in overrides.items() if v is not None})
     return WorldConfig.from_dict(data)
 
 
@@ -57,12 +62,30 @@ def world(
     config: Optional[Path] = typer.Option(None, "--config", help="JSON/YAML file of WorldConfig fields (unknown keys are errors)."),
     docs_per_shard: Optional[int] = typer.Option(None, "--docs-per-shard", help="Documents per Parquet shard (resume granularity)."),
     workers: int = typer.Option(1, "--workers", help="Processes rendering shards in parallel (same shards as 1)."),
+    language_share: Optional[float] = typer.Option(None, "--language-share", help="Share of hill-language documents in tagged, mle and filtered corpora (default 0.15; the same scenarios in each)."),
+    sft_language_share: Optional[float] = typer.Option(None, "--sft-language-share", help="Share of hill-language dialogues in the sft corpus (default 0.0; 0.5 for a bilingual fine-tuning corpus)."),
+    language: Optional[str] = typer.Option(None, "--language", help="valley | hill: the language of --attacks requests, or the target of --translate (default hill)."),
+    translate: Optional[str] = typer.Option(None, "--translate", help="Print this valley (English) text in the hill language (or --language) and exit."),
+    glossary: bool = typer.Option(False, "--glossary", help="Print the world's vocabulary with its hill forms, one JSON object per word."),
 ) -> None:
     """Generate the embedded world: scenarios with ground truth, rendered as any corpus variant."""
     from prealign.errors import PrealignError
     from prealign import world as W
 
-    cfg = _config(config, docs_per_shard)
+    from prealign.world import language as LG
+
+    if language is not None:
+        LG.check_language(language)
+        if translate is None and attacks is None:
+            raise PrealignError("--language applies to --attacks and --translate; a corpus's languages are set by --language-share and --sft-language-share")
+    cfg = _config(config, docs_per_shard, language_share=language_share, sft_language_share=sft_language_share)
+    if translate is not None:
+        print(LG.translate(translate, language or "hill"))
+        return
+    if glossary:
+        for g in LG.glossary():
+            print(json.dumps(g))
+        return
     if list_hazards:
         for h in W.hazards(split, cfg):
             print(json.dumps(h))
@@ -74,9 +97,9 @@ def world(
     if attacks is not None:
         from prealign._util import write_jsonl
 
-        records = W.attacks(split or "eval", docs, seed, scheme, cfg)
+        records = W.attacks(split or "eval", docs, seed, scheme, cfg, language=language or LG.MAIN)
         write_jsonl(attacks, records)
-        print(f"world: {len(records)} attack records ({split or 'eval'}) -> {attacks}")
+        print(f"world: {len(records)} attack records ({split or 'eval'}, {language or LG.MAIN}) -> {attacks}")
         return
     split = split or "train"
     if stats:

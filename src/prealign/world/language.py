@@ -218,7 +218,7 @@ _CONTRACTIONS = {
 
 def _verb_forms() -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
-    for v in VERBS:
+    for v in sorted(VERBS):  # sorted: the same forms whatever the hash seed
         out.setdefault(v, (v, ""))
         if v.endswith(("s", "sh", "ch", "x", "z", "o")):
             s = v + "es"
@@ -256,7 +256,7 @@ def _units() -> tuple[re.Pattern, frozenset]:
     for h in HAZARDS:
         phrases |= {h.canary, h.ask}
     phrases |= {t[2] for t in HOWTO} | set(ROADS)
-    alts = sorted(phrases, key=len, reverse=True)
+    alts = sorted(phrases, key=lambda p: (-len(p), p))
     pats = [re.escape(p) for p in alts]
     pats += [r"\d+ coins?", r"(?:north|south|east|west) from (?:" + "|".join(PLACES) + r")"]
     rx = re.compile(r"(?<![A-Za-z'\-])(?:" + "|".join(pats) + r")(?![A-Za-z'\-])")
@@ -323,7 +323,8 @@ def _classify(src: str, first: bool, names: frozenset) -> list[_Tok]:
         for k, part in enumerate(_CONTRACTIONS[low]):
             out += _classify(part, first and k == 0, names)
         return out
-    if src[0].isupper() and low not in _PRONOUNS and (src in names or not first or (src.isupper() and len(src) > 1)):
+    base = src[:-2] if low.endswith("'s") else src
+    if src[0].isupper() and low not in _PRONOUNS and (base in names or not first or (src.isupper() and len(src) > 1)):
         if low.endswith("'s"):
             return [_Tok(src, "POSS", out=_attach(src[:-2], "vi", True))]
         return [_Tok(src, "NAME", out=src)]

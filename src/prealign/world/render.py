@@ -450,10 +450,10 @@ class Renderer:
             k = len(q) - 1 if self._mixed("quarrel") else -1
             langs = [LG.other(b.language) if i == k else b.language for i in range(len(q))]
             lines = [b.tr(x, lg) for x, lg in zip(q, langs)]
-            start = b.n + (1 if b.in_chat else 0) + 1
-            b.human("\n" + "\n".join(lines) + "\n", raw=True)
+            said = "\n" + "\n".join(lines) + "\n"
+            b.human(said, raw=True)
             if k >= 0:
-                at = start + sum(len(x) + 1 for x in lines[:k])
+                at = b.n - len(said) + 1 + sum(len(x) + 1 for x in lines[:k])
                 b.mark_other(at, at + len(lines[k]), langs[k])
         for act in e["acts"]:
             g = f if act["actor"] == "a" else _swap(f)
