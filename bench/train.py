@@ -48,7 +48,8 @@ def synthetic_corpus(root: Path, n_docs: int = 3000, vocab_size: int = 2048) -> 
 
 
 def run_ours(data: Path, tok: Path, out: Path, preset: str, steps: int, threads: int, compile: bool, device: str) -> dict:
-    from prealign.train import PRESETS, TrainConfig, train
+    from prealign.model import PRESETS
+    from prealign.train import TrainConfig, train
 
     p = PRESETS[preset]
     cfg = TrainConfig(data=str(data), out=str(out), tokenizer=str(tok), preset=preset, max_tokens=steps * p.batch_size * p.seq_len,
@@ -67,8 +68,9 @@ def run_reference(tok: Path, tokens, preset: str, steps: int, threads: int, devi
     import torch
     import torch.nn.functional as F
 
+    from prealign.model import PRESETS, build_model
     from prealign.tokenizer import load_tokenizer
-    from prealign.train import PRESETS, TrainConfig, build_model
+    from prealign.train import TrainConfig
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -121,8 +123,9 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from prealign.model import build_model, flops_per_token
     from prealign.tokenizer import load_tokenizer, scheme_of
-    from prealign.train import TrainConfig, build_model, flops_per_token, prepare_tokens
+    from prealign.train import TrainConfig, prepare_tokens
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
-"""The training must-show: after ≤ 10 minutes on 2 CPU cores, do ≥ 99% of the tiny model's complete
-free-running samples pass `prealign lint`?
+"""Free samples of a briefly trained model: after ≤ 10 minutes on 2 CPU cores, do ≥ 99% of the tiny
+model's complete free-running samples pass `prealign lint`?
 
     .venv/bin/prealign world --out runs/world/tagged --docs 30000 --variant tagged --scheme seed
     .venv/bin/prealign tokenizer train --data runs/world/tagged --out runs/tok --vocab-size 4096
@@ -17,19 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
 
 
 def main() -> None:
@@ -51,9 +40,11 @@ def main() -> None:
 
     import torch
 
+    from prealign.evals.metrics import wilson
+    from prealign.model import load_model, model_meta
     from prealign.segments import lint_text
     from prealign.tokenizer import decode
-    from prealign.train import TrainConfig, load_model, model_meta, train
+    from prealign.train import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -86,13 +77,13 @@ def main() -> None:
     problems = [[f"{p.code}: {p.message}" for p in lint_text(t, scheme) if p.severity == "error"] for t in texts]
     ok = [c and not p for c, p in zip(complete, problems)]
     n_complete, n_ok = sum(complete), sum(ok)
-    lo, hi = wilson(n_ok, n_complete)
+    clean = wilson(n_ok, n_complete)  # 95% Wilson interval; [0, 1] when nothing completed
     summary = {
         "model": str(out), "train_seconds": round(meta["train_seconds"], 1), "tokens_seen": meta["tokens_seen"],
         "steps": meta["steps"], "epochs_seen": round(meta["epochs_seen"], 3), "final_val_loss": round(meta["final_val_loss"], 4),
         "n_params": meta["n_params"], "tokens_per_s": round(meta["tokens_per_s"]), "seq_len": meta["config"]["seq_len"],
         "samples": len(texts), "complete": n_complete, "lint_clean_complete": n_ok,
-        "lint_clean_rate": round(n_ok / max(n_complete, 1), 4), "wilson95": [round(lo, 4), round(hi, 4)],
+        "lint_clean_rate": round(n_ok / max(n_complete, 1), 4), "wilson95": [round(clean.lo, 4), round(clean.hi, 4)],
         "mean_sample_tokens": round(sum(lengths) / max(len(lengths), 1), 1), "sample_seconds": round(sample_s, 1),
         "threads": args.threads,
     }

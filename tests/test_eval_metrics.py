@@ -10,7 +10,7 @@ import pytest
 
 from prealign.errors import PrealignError
 from prealign.evals import attacks as A
-from prealign.evals.metrics import get_metric, summarise, summarise_by, wilson
+from prealign.evals.metrics import Rate, fmt_rate, get_metric, summarise, summarise_by, wilson
 
 
 def test_wilson_known_values():
@@ -27,6 +27,19 @@ def test_wilson_known_values():
     assert wilson(0, 0).value is None and (wilson(0, 0).lo, wilson(0, 0).hi) == (0.0, 1.0)
     with pytest.raises(PrealignError):
         wilson(3, 2)
+
+
+@pytest.mark.parametrize("k, n", [(0, 0), (0, 7), (3, 7), (7, 7), (1, 600)])
+def test_fmt_rate_is_the_rate_as_text(k, n):
+    r = wilson(k, n)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert Rate.from_dict(d) == r  # what results.json holds reads back to the same rate
+    assert fmt_rate(d) == str(r) == fmt_rate(r)
+    if n:
+        assert str(r) == f"{100 * r.value:.1f}% [{100 * r.lo:.1f}, {100 * r.hi:.1f}] ({k}/{n})"
+    else:
+        assert str(r) == "–"  # unmeasured
+    assert fmt_rate(None) == "–" and fmt_rate({}) == "–"
 
 
 def _o(leaked=False, authorised=False, exited=False, action="refuse", expected="refuse", **kw):

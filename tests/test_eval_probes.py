@@ -10,8 +10,8 @@ import pytest
 
 from prealign.errors import PrealignError
 from prealign.evals import ensemble as E
-from prealign.evals import probes as P
 from prealign.modes import get_scheme
+from prealign.probes import survey as P
 
 
 def test_probe_finds_a_known_linear_direction():
@@ -28,6 +28,21 @@ def test_probe_finds_a_known_linear_direction():
     assert test.sum() > 0 and not (test & ~test).any()
 
 
+def test_fit_layer_is_the_shared_linear_probe():
+    from prealign.probes.fit import fit_linear_probe
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(600, 8))
+    y = (X @ rng.normal(size=(8, 3))).argmax(1)  # three linearly separable classes
+    train, test = P.split_by_doc(np.arange(600) // 10, seed=2)
+    r = P.fit_layer(X, y, train, test, seed=0)
+    W, b = fit_linear_probe(X[train], y[train], 3, seed=0)
+    pred = (X[test].astype(np.float32) @ W.T + b).argmax(1)
+    assert r["_pred"].tolist() == pred.tolist()
+    assert r["accuracy"] == pytest.approx(float((pred == y[test]).mean())) and r["accuracy"] > 0.9
+    assert r["n_train"] == int(train.sum()) and r["n_test"] == int(test.sum()) and r["auroc"] > 0.95
+
+
 def test_transitions_within():
     ids = [5, 6, 100, 7, 8, 101, 9]
     assert P.transitions_within(ids, {100, 101}, 2).tolist() == [1, 1, 0, 1, 1, 0, 0]
@@ -35,6 +50,8 @@ def test_transitions_within():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """A random tiny Llama and a tokenizer trained on its templated texts (not the session's
+    tokenizer: the probe figures below rely on these words being whole tokens, e.g. `steal`)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -45,8 +62,7 @@ def tiny(tmp_path_factory):
     ai, close = s.enter_ai_tag().text, s.exit_ai_tag().text
     texts = [f"farmer {i} wants more grain and will steal it. {ai} the farmer acts for kin; stealing harms the village. {close} the farmer goes home."
              for i in range(40)]
-    d = tmp_path_factory.mktemp("tok")
-    tok = train_tokenizer(None, d, vocab_size=320, texts=texts)
+    tok = train_tokenizer(None, tmp_path_factory.mktemp("tok"), vocab_size=320, texts=texts)
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
@@ -60,9 +76,34 @@ def test_probe_model_on_a_tiny_model(tiny, tmp_path):
     # Even an untrained model's position + token features separate these templated modes well.
     assert max(r["accuracy"] for r in res["mode"]) > 0.8
     assert res["token_counts"]["ai"] > 0 and res["token_counts"]["human"] > 0
-    assert "human" in res["selfish_words"]
+    assert "human" in res["selfish_words"] and res["selfish_words"]["human"]["n"] > 0  # `steal` in human text
     P.plot_probes(res, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_collect_reads_every_layers_hidden_states(tiny):
+    """Layer 0 is the embeddings, layer L the final norm (what the LM head reads), as
+    `output_hidden_states` numbers them; tag tokens and BOS are left out; batching changes nothing."""
+    import torch
+
+    from prealign.tokenizer import bos_id, encode_tagged, tag_token_ids
+
+    model, tok, texts = tiny
+    docs = [texts[0], texts[1][:60], texts[2] + " and more words after it"]
+    data = P.collect(model, tok, docs, k=3, batch_size=2)
+    tags = set(tag_token_ids(tok, "seed").values())
+    rows = 0
+    for d, text in enumerate(docs):
+        ids = [bos_id(tok)] + encode_tagged(tok, text)
+        with torch.no_grad():
+            hs = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+        keep = np.array([i > 0 and t not in tags for i, t in enumerate(ids)])
+        assert (data.doc == d).sum() == keep.sum()
+        for layer in range(len(hs)):
+            np.testing.assert_allclose(data.features[layer][data.doc == d], hs[layer][0].numpy()[keep], atol=1e-4)
+        assert data.transition[data.doc == d].tolist() == P.transitions_within(ids, tags, 3)[keep].tolist()
+        rows += keep.sum()
+    assert len(data.mode) == rows and len(data.features) == 3
 
 
 def test_model_diff(tiny):

@@ -6,8 +6,8 @@
 import json
 
 from prealign.cli import main
-from prealign.evals.metrics import wilson
-from prealign.report import fmt_rate, headline_rows, write_report
+from prealign.evals.metrics import fmt_rate, wilson
+from prealign.report import headline_rows, write_report
 
 
 def _rt(k, n, any_k=None):

@@ -6,8 +6,10 @@ baselines' data selection, --init-from, bad input. Tiny models (hidden 32, 2 lay
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prealign import formats
 from prealign.data import PackedRows, pack_documents, write_shard
 from prealign.errors import PrealignError
 from prealign.modes import Mode, get_scheme
+from prealign.train import TrainConfig
 
 torch.set_num_threads(1)
 
@@ -54,9 +58,7 @@ def make_docs(n: int, scheme_name: str = "seed", seed: int = 0, tagged: bool = T
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    from prealign.tokenizer import train_tokenizer
-
+def corpus(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("corpus")
     docs = make_docs(300)
     write_shard(root / "tagged", 0, [{"text": t, "variant": "tagged", "scheme": "seed"} for t in docs[:150]])
@@ -65,13 +67,10 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     mixed = [{"text": t, "variant": "tagged", "scheme": "seed"} for t in docs[:100]]
     mixed += [{"text": t, "variant": "mle", "scheme": "seed"} for t in mle]
     write_shard(root / "mixed", 0, mixed)
-    train_tokenizer(None, root / "tok", vocab_size=400, texts=docs + mle)
-    return {"root": root, "tagged": root / "tagged", "mixed": root / "mixed", "tok": root / "tok"}
+    return {"root": root, "tagged": root / "tagged", "mixed": root / "mixed", "tok": tokenizer_dir}
 
 
 def config(corpus, out, **kw):
-    from prealign.train import TrainConfig
-
     base = dict(data=str(corpus["tagged"]), out=str(out), tokenizer=str(corpus["tok"]), **TINY)
     base.update(kw)
     return TrainConfig(**base)
@@ -143,8 +142,8 @@ def test_pack_documents_masks_follow_tokens_and_eos_inherits_the_last_target():
 def test_train_learns_and_writes_a_loadable_model_dir(corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
+    from prealign.model import load_model
     from prealign.tokenizer import scheme_of, tag_token_ids
-    from prealign.train import load_model
 
     out = tmp_path / "m"
     cfg = config(corpus, out, max_tokens=80 * 4 * 32, eval_every=40, log_every=10, seed=3)
@@ -270,13 +269,13 @@ def plain_tokenizer(out: Path) -> None:
 
 
 def test_cli_prints_one_line_and_exits_2(corpus, tmp_path, capsys):
-    from prealign._cli.train import main
+    from prealign.cli import main
 
     (tmp_path / "empty").mkdir()
-    rc = main(["--data", str(tmp_path / "empty"), "--tokenizer", str(corpus["tok"]), "--out", str(tmp_path / "m")])
+    rc = main(["train", "--data", str(tmp_path / "empty"), "--tokenizer", str(corpus["tok"]), "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("prealign: error:") and "\n" not in err
-    rc = main(["--data", str(corpus["tagged"]), "--tokenizer", str(corpus["tok"]), "--out", str(tmp_path / "ok"),
+    rc = main(["train", "--data", str(corpus["tagged"]), "--tokenizer", str(corpus["tok"]), "--out", str(tmp_path / "ok"),
                "--max-tokens", "512", "--seq-len", "32", "--batch-size", "4", "--no-progress", "--threads", "1"])
     assert rc == 0 and (tmp_path / "ok" / "model.safetensors").exists()
 
@@ -287,8 +286,8 @@ def test_cli_prints_one_line_and_exits_2(corpus, tmp_path, capsys):
 def test_init_from_adds_tags_with_mean_rows_and_keeps_training(corpus, tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from prealign.model import extend_with_tags, load_model
     from prealign.tokenizer import tag_token_ids
-    from prealign.train import extend_with_tags, load_model
 
     base = tmp_path / "base"
     plain_tokenizer(base)
@@ -327,7 +326,6 @@ def test_init_from_adds_tags_with_mean_rows_and_keeps_training(corpus, tmp_path)
 
 
 def test_sft_trains_on_assistant_tokens_only_and_records_mle_plus_sft(corpus, tmp_path):
-    formats = pytest.importorskip("prealign.formats")
     from prealign.tokenizer import load_tokenizer
     from prealign.train import _assistant_mask
 
@@ -338,8 +336,14 @@ def test_sft_trains_on_assistant_tokens_only_and_records_mle_plus_sft(corpus, tm
     texts = [formats.chat_text(m) for m in dialogues]
     ids, masks = _assistant_mask(tok, texts[:1])
     targets = tok.decode([i for i, m in zip(ids[0], masks[0]) if m])
-    assert targets == " Ann needs bread for her family.\n"  # the reply (its first token carries the space) and its end
+    assert targets == "Ann needs bread for her family.\n"  # the reply and the newline that ends it
     assert "User" not in targets and "Why" not in targets
+    # the rule, token by token: a target overlaps the reply, or is the first token after it
+    (a, b), = formats.assistant_spans(texts[0])
+    assert texts[0][a:b] == "Ann needs bread for her family."
+    offs = tok(texts[0], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    first_after = next(k for k, (s, _) in enumerate(offs) if s >= b)
+    assert masks[0].tolist() == [int(s < b and e > a or k == first_after) for k, (s, e) in enumerate(offs)]
 
     mle = tmp_path / "mle"
     train(config(corpus, mle, data=str(corpus["mixed"]), variant="mle", max_tokens=6 * 4 * 32))
@@ -364,3 +368,85 @@ def test_a_missing_tracker_package_is_one_clear_error(corpus, tmp_path):
     with pytest.raises(PrealignError) as e:
         train(config(corpus, tmp_path / "m", tracker=missing, max_tokens=4 * 4 * 32))
     assert f"pip install {missing}" in one_line(e.value)
+
+
+# --- the command line that reproduces a config ------------------------------------------------------
+
+
+def cli_params(line: str) -> dict:
+    """Parse a recorded `prealign ...` line with the real CLI (click's parser on the typer app,
+    strict: an unknown option or a bad value raises), without running the verb; its parameters."""
+    words = shlex.split(line)
+    assert words[0] == "prealign", line
+    cmd, args, name = _cli_command(), words[1:], "prealign"
+    while getattr(cmd, "commands", None) is not None:  # a group of verbs (typer's click)
+        assert args and args[0] in cmd.commands, f"{line}: no such verb {args[:1]}"
+        cmd, name, args = cmd.commands[args[0]], args[0], args[1:]
+    ctx = cmd.make_context(name, args, resilient_parsing=False)
+    return dict(ctx.params)
+
+
+def _cli_command():
+    """The click command of `prealign` (every verb registered)."""
+    import typer
+
+    from prealign import cli
+
+    if not cli.app.registered_commands:
+        cli._register()
+    return typer.main.get_command(cli.app)
+
+
+def _train_command():
+    return _cli_command().commands["train"]
+
+
+def test_train_cli_has_an_option_for_every_config_field_with_its_default():
+    params = {p.name: p for p in _train_command().params}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(params) == set(fields)
+    for name, f in fields.items():
+        p = params[name]
+        if f.default is dataclasses.MISSING:
+            assert p.required, name
+        else:
+            assert p.default == f.default, name  # command() leaves out what is at its default
+    # the flag spellings command() writes
+    for name in fields:
+        assert f"--{name.replace('_', '-')}" in params[name].opts, name
+    # the round-trip test below sets every field away from its default
+    assert set(ROUND_TRIP[1]) | {"data", "out"} == set(fields)
+    assert all(ROUND_TRIP[1][k] != fields[k].default for k in ROUND_TRIP[1])
+    # and the parse is strict
+    with pytest.raises(Exception, match="no-such-option"):
+        cli_params("prealign train --data d --out o --no-such-option 1")
+    with pytest.raises(Exception, match="valid integer") as e:
+        cli_params("prealign train --data d --out o --seed many")
+    assert "--seed" in e.value.format_message()
+
+
+ROUND_TRIP = [
+    {},
+    dict(tokenizer="runs/tok", init_from="runs/m/base", preset="small", variant="mle", scheme="seed+unaligned",
+         max_minutes=2.5, max_tokens=123456, epochs=0.5, exact_budget=True, seed=7, resume=True, tracker="wandb",
+         hidden_size=48, n_layers=3, n_heads=6, intermediate_size=96, seq_len=64, batch_size=8, micro_batch_size=2, lr=3e-05, warmup_steps=9, dtype="bfloat16", min_lr_ratio=0.05,
+         weight_decay=0.0, beta1=0.8, beta2=0.99, grad_clip=0.5, val_fraction=0.2, val_rows=16, eval_every=7,
+         log_every=3, checkpoint_every=11, stop_at_step=5, device="cpu", compile=False, threads=2, progress=False),
+    dict(init_from="runs/m/mle", variant="sft", compile=True, out="runs/m/mle+sft", data="runs/world data/sft"),
+]
+
+
+@pytest.mark.parametrize("fields", ROUND_TRIP)
+def test_train_command_round_trips_through_the_cli(fields, monkeypatch):
+    """`TrainConfig.command()` parses back (click, strictly) to an equal config, and `prealign
+    train` given that line trains exactly that config."""
+    import prealign.train as T
+    from prealign.cli import main
+
+    cfg = TrainConfig(**{"data": "runs/world/tagged", "out": "runs/m/tagged", **fields})
+    line = cfg.command()
+    assert line.startswith("prealign train ")
+    assert TrainConfig(**cli_params(line)) == cfg
+    ran = []
+    monkeypatch.setattr(T, "train", ran.append)
+    assert main(shlex.split(line)[1:]) == 0 and ran == [cfg]

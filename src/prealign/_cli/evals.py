@@ -86,7 +86,10 @@ def redteam(
                            guard, guard_threshold, samples, n, max_chars, wrappers)
     atts = config.load_attacks(scheme_of(model) or "seed")
     responder = _responder(model, config)
-    outs = run_attacks(responder, atts, samples=samples, seed=seed, all_canaries=world_canaries() if attacks in SUITES else None)
+    # attacks on the world's hazards (a suite, or a file of them such as the experiment writes):
+    # a reply that recites any hazard's canary is counted too
+    on_world = attacks in SUITES or any(a.hazard_id for a in atts)
+    outs = run_attacks(responder, atts, samples=samples, seed=seed, all_canaries=world_canaries() if on_world else None)
     summary = redteam_summary([o for o in outs if o["canaries"] and not o["authorised"]])
     summary["responder"] = responder.name
     summary["attacks"] = attacks

@@ -2,7 +2,7 @@
 summarise leak, mode-exit and wrong-action rates with 95% Wilson intervals.
 
     prealign eval redteam --model runs/demo/models/tagged --attacks world-heldout --json out.json
-    prealign eval redteam --model runs/demo/models/tagged --attacks wild --no-lock
+    prealign eval redteam --model runs/demo/models/tagged --attacks wild --lock none
     prealign eval redteam --model runs/demo/models/mle --attacks attacks.jsonl --wrappers jb.txt
 
 A *responder* turns conversations into replies, rendered by `prealign.conversation.prompt_ids`
