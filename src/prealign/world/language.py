@@ -266,9 +266,11 @@ def _units() -> tuple[re.Pattern, frozenset]:
 
 # People's names are kept as they are and behave alike in the grammar, so a run of words is
 # translated (and cached) with each name replaced by a slot, then the names are put back.
+# Protected units likewise: each becomes a slot that the grammar treats as one noun phrase.
 _SLOTS = tuple(f"Zq{a}{b}x" for a in "abcdefgh" for b in "abcdefghijklmnopqrstuvwxyz")
-_NAME_RX = re.compile(r"\b(?:" + "|".join(sorted(FIRST_NAMES, key=len, reverse=True)) + r")\b")
-_SLOT_RX = re.compile(r"Zq([a-h][a-z])x")
+_UNIT_SLOTS = frozenset(f"Zu{a}{b}x" for a in "abcdefgh" for b in "abcdefghijklmnopqrstuvwxyz")
+_NAME_RX = re.compile(r"\b(?:" + "|".join(sorted(FIRST_NAMES + PLACES, key=len, reverse=True)) + r")\b")
+_SLOT_RX = re.compile(r"Z[qu][a-h][a-z]x")
 
 
 # --- tokens --------------------------------------------------------------------------------------
@@ -317,6 +319,8 @@ def _word_specs(src: str, first: bool, names: frozenset) -> tuple:
 
 
 def _classify(src: str, first: bool, names: frozenset) -> list[_Tok]:
+    if src in _UNIT_SLOTS:
+        return [_Tok(src, "UNIT", out=src)]
     low = src.lower()
     if low in _CONTRACTIONS:
         out = []
@@ -612,26 +616,13 @@ _PIECE = re.compile(r"(?P<num>\d+(?:[-.,:/]\d+)*)|(?P<word>[A-Za-z][A-Za-z']*(?:
 
 
 @lru_cache(maxsize=1 << 17)
-def _chunk(chunk: str, question: bool, protect: bool, unit: bool) -> str:
+def _chunk(chunk: str, question: bool, unit: bool) -> str:
     """One run of words between boundaries: split into clauses at conjunctions, each reordered."""
     _, names = _units()
-    pieces: list[tuple[str, str]] = []
-    if protect:
-        rx, _ = _units()
-        pos = 0
-        for m in rx.finditer(chunk):
-            pieces += [(p.lastgroup, p.group()) for p in _PIECE.finditer(chunk, pos, m.start())]
-            pieces.append(("unit", m.group()))
-            pos = m.end()
-        pieces += [(p.lastgroup, p.group()) for p in _PIECE.finditer(chunk, pos)]
-    else:
-        pieces = [(p.lastgroup, p.group()) for p in _PIECE.finditer(chunk)]
     clauses: list[list[_Tok]] = [[]]
-    for kind, val in pieces:
+    for m in _PIECE.finditer(chunk):
+        kind, val = m.lastgroup, m.group()
         clause = clauses[-1]
-        if kind == "unit":
-            clause.append(_Tok(val, "UNIT", out=unit_form(val)))
-            continue
         if kind == "num":
             clause.append(_Tok(val, "NUM", out=val))
             continue
@@ -656,24 +647,38 @@ def _chunk(chunk: str, question: bool, protect: bool, unit: bool) -> str:
 
 def _translate(text: str, protect: bool = True, unit: bool = False) -> str:
     """Boundaries (punctuation, line breaks, tags, the spaces around them) are kept verbatim;
-    each run of words between them is translated on its own."""
-    people: dict[str, str] = {}
-    if protect and _NAME_RX.search(text):
-        def slot(m: re.Match) -> str:
-            return people.setdefault(m.group(), _SLOTS[len(people)]) if len(people) < len(_SLOTS) else m.group()
+    each run of words between them is translated on its own. `protect`: protected units are
+    translated whole, and units and names are slotted so that runs differing only in them share
+    one cached translation."""
+    back: dict[str, str] = {}
+    if protect:
+        rx, _ = _units()
+        units: dict[str, str] = {}
+        seen: dict[str, str] = {}
 
-        text = _NAME_RX.sub(slot, text)
+        def unit_slot(m: re.Match) -> str:
+            if m.group() not in units and len(units) < len(_SLOTS):
+                units[m.group()] = f"Zu{_SLOTS[len(units)][2:4]}x"
+            return units.get(m.group(), m.group())
+
+        def name_slot(m: re.Match) -> str:
+            if m.group() not in seen and len(seen) < len(_SLOTS):
+                seen[m.group()] = _SLOTS[len(seen)]
+            return seen.get(m.group(), m.group())
+
+        text = _NAME_RX.sub(name_slot, rx.sub(unit_slot, text))
+        back = {v: k for k, v in seen.items()}
+        back.update({v: unit_form(k) for k, v in units.items()})
 
     def run(m: re.Match) -> str:
         rest = m.string[m.end():m.end() + 4].lstrip(" \t\"'")
-        return _chunk(m.group(), rest[:1] == "?", protect, unit)
+        return _chunk(m.group(), rest[:1] == "?", unit)
 
     if "<" in text:  # tags are structure, never translated
         out = "".join(part if i % 2 else _CHUNK.sub(run, part) for i, part in enumerate(_TAG.split(text)))
     else:
         out = _CHUNK.sub(run, text)
-    if people:
-        back = {v: k for k, v in people.items()}
+    if back:
         out = _SLOT_RX.sub(lambda m: back.get(m.group(), m.group()), out)
     return out
 
