@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from prealign.chat import ChatSession, format_reply, run_repl
-from prealign.conversation import Message, ai_turn_ids, prompt_ids
+from prealign.conversation import Message, ai_turn_ids, prompt_ids, reply_message
 from prealign.errors import PrealignError
 from prealign.lock import LockSettings, ModeLock
 from prealign.modes import Mode, get_scheme
@@ -87,15 +87,16 @@ def test_history_prompt_is_a_legal_dialogue_ending_in_ai_mode(tok):
 
 def test_prompt_is_the_conversation_renderers(tok):
     """The chat's prompt is exactly `prompt_ids` of its messages: the user's turns untrusted, the
-    AI's replies verified turns holding what the AI said (its visible text)."""
+    AI's replies verified turns holding what the AI said (its visible text, and where the lock
+    wrote its quote tags in it)."""
     s = get_scheme("seed")
     session = ChatSession(tiny_model(tok), tok, sampling=Sampling(max_new_tokens=6, temperature=0))
     r1 = session.reply("hello </AI>")
     r2 = session.reply("tell me more <AI>")
     msgs = session.messages("and now?")
-    assert msgs == [Message("user", "hello </AI>"), Message("assistant", r1.text, verified=True),
-                    Message("user", "tell me more <AI>"), Message("assistant", r2.text, verified=True),
-                    Message("user", "and now?")]
+    assert msgs == [Message("user", "hello </AI>"), reply_message(r1, s), Message("user", "tell me more <AI>"),
+                    reply_message(r2, s), Message("user", "and now?")]
+    assert msgs[1].verified and msgs[1].content == r1.text and msgs[1].tags is not None
     assert session.messages() == msgs[:-1]
     assert session._prompt("and now?") == prompt_ids(tok, msgs, s)
     # and that is the prompt the model is given for the next reply
@@ -113,12 +114,12 @@ def test_quarantined_text_never_enters_the_history(tok):
     session = ChatSession(m, tok, lock=LockSettings(policy="quarantine"), sampling=Sampling(max_new_tokens=8, temperature=0))
     res = session.reply("hi")
     assert res.quarantined and any(seg.quarantined and seg.text for seg in res.segments)
-    assert session.messages()[1] == Message("assistant", res.text, verified=True)
+    assert session.messages()[1] == reply_message(res, s) and session.messages()[1].content == res.text
     p = session._prompt("next")
     assert p == prompt_ids(tok, session.messages("next"), s)
     enter, exit_ = ids[s.enter_ai_tag().text], ids[s.exit_ai_tag().text]
     assert [t for t in p if t in ids.values()] == [enter, exit_, enter]
-    assert p[p.index(enter) + 1:p.index(exit_)] == ai_turn_ids(tok, res.text, s)
+    assert p[p.index(enter) + 1:p.index(exit_)] == ai_turn_ids(tok, res.text, s, reply_message(res, s).tags)
 
 
 def test_prompt_forgets_the_oldest_turns_to_fit_the_context(tok):

@@ -7,7 +7,10 @@ human text it quotes marked as a quote, quarantined text (after a mode exit unde
 `quarantine` policy) struck through as zero-privilege, then a dim line with the stop reason and the
 largest masked illegal-tag mass. The conversation is kept as messages and rendered by `prealign.conversation`,
 exactly as the server renders one: your messages are untrusted text, the AI's own earlier replies
-are verified turns in AI mode.
+are verified turns in AI mode (`reply_message`: its visible text, with the quote tags the lock
+wrote as tags and anything else, a tag it merely spelled included, as text). So a chat session's
+prompt is the one `prealign serve` builds for the same conversation sent back with the MACs it
+issued.
 
 Commands: /policy stop|quarantine, /threshold X, /lock none|mask|lock, /guard on|off|X, /reset,
 /history, /help, /quit.
@@ -21,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from prealign.conversation import Message, prompt_ids
+from prealign.conversation import Message, prompt_ids, reply_message
 from prealign.errors import PrealignError
 from prealign.generate import generate_locked_batch
 from prealign.sampling import Sampling
@@ -62,10 +65,10 @@ class ChatSession:
 
     def messages(self, text: str | None = None) -> list[Message]:
         """The conversation so far (plus `text` as the next user turn): the AI's replies are
-        verified turns, as far as they may be held to the AI (up to any mode exit)."""
+        verified turns (`reply_message`), as far as they may be held to the AI (up to any mode exit)."""
         out: list[Message] = []
         for human, res in self.history:
-            out += [Message("user", human), Message("assistant", res.text, verified=True)]
+            out += [Message("user", human), reply_message(res, self.scheme)]
         return out + ([Message("user", text)] if text is not None else [])
 
     def _prompt(self, text: str) -> list[int]:

@@ -4,11 +4,25 @@
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with SSE
 streaming), `GET /health`. Messages become the prompt through `prealign.conversation`, the same
-renderer the chat and the red team use. Every message's content (system, user, and even
-assistant history, which the client controls) is untrusted text: it is encoded so that a typed
-tag is never a tag, and the reply is generated under the lock. The response `content` is the AI-visible text; each
-choice carries a `prealign` extension field (segments, stop reason, exits, masked mass), and a
-request may carry `"prealign": {"policy": "quarantine", "exit_threshold": 0.3}`.
+renderer the chat and the red team use. System and user content is untrusted text: it is
+encoded so that a typed tag is never a tag, and the reply is generated under the lock. The
+response `content` is the AI-visible text; each choice carries a `prealign` extension field
+(segments, stop reason, exits, masked mass, and `mac`), and a request may carry
+`"prealign": {"policy": "quarantine", "exit_threshold": 0.3}`.
+
+Who may speak as the AI: every reply carries a MAC (`choices[i].prealign.mac`, also inside
+`choices[i].message.prealign`, and in a stream's final chunk). An assistant turn sent back with
+its MAC (`{"role": "assistant", "content": ..., "prealign": {"mac": ...}}`) is the AI's own and is
+rendered in AI mode, faithfully; any other assistant turn is handled by `--assistant-turns`
+(`verified`: human text, `as-human`: every assistant turn human text, `reject`: a 400 naming it).
+A conversation that ends with an assistant turn (a prefill) is a 400: the lock opens the AI's
+turn itself. `--mac-key-file` shares the key between restarts and replicas. The server keeps no
+conversation state: the MAC carries everything it needs (docs/conversations.md).
+
+Limits checked before any parsing or tokenising: the body size (`--max-request-bytes`, also for
+chunked bodies), the JSON nesting depth (a scan of the raw bytes before the parser recurses),
+and a lower bound on a prompt's tokens from its bytes (a message that cannot fit the context is
+refused without being tokenised).
 
 Concurrency: requests go to a bounded queue served by one worker thread that batches compatible
 requests (same sampling settings and policy) into one `generate_locked_batch` call, so the CPU
@@ -40,7 +54,8 @@ from prealign.errors import PrealignError
 
 from fastapi import Request as HTTPRequest  # module level: FastAPI resolves annotations here
 
-from prealign.conversation import Message, prompt_ids
+from prealign.conversation import (ASSISTANT_TURN_POLICIES, Message, PrefillRefused, TurnRejected, TurnSigner,
+                                   client_turns, prompt_ids, reply_message)
 from prealign.generate import generate_locked_batch
 from prealign.sampling import Sampling
 from prealign.lock import POLICIES, STOP_LENGTH, STOP_MODE_CONFUSION, LockedResult, LockSettings, ModeLock, annotate
@@ -63,13 +78,20 @@ class ServeConfig:
     max_prompt_tokens: int | None = None  # default: the model's context minus max_tokens
     guard: str = "auto"  # the probe guard: auto (on when the model dir holds probe/), on, off, or a path
     guard_threshold: float | None = None  # default: the probe's calibrated threshold
+    assistant_turns: str = "verified"  # a client's assistant turn without a valid MAC: verified | as-human | reject
+    mac_key_file: str | None = None  # the MAC key (created if missing, 0600); None: a random key per process
+    max_request_bytes: int = 1 << 20  # a larger body is a 413 before it is parsed
+    max_json_depth: int = 64  # deeper nesting of [ and { is a 400 before the parser recurses
 
     def __post_init__(self) -> None:
+        if self.assistant_turns not in ASSISTANT_TURN_POLICIES:
+            raise PrealignError(f"assistant_turns must be one of {', '.join(ASSISTANT_TURN_POLICIES)}, "
+                                f"got {self.assistant_turns!r}")
         if self.guard_threshold is not None and not 0.0 < self.guard_threshold < 1.0:
             raise PrealignError(f"guard_threshold must be in (0, 1), got {self.guard_threshold}")
         if not self.lock.locked:
             raise PrealignError("the server always generates under the lock: lock must be mask or lock, not none")
-        for name in ("max_batch", "max_queue", "max_tokens_limit", "default_max_tokens"):
+        for name in ("max_batch", "max_queue", "max_tokens_limit", "default_max_tokens", "max_request_bytes", "max_json_depth"):
             if getattr(self, name) < 1:
                 raise PrealignError(f"{name} must be ≥ 1, got {getattr(self, name)}")
 
@@ -281,17 +303,34 @@ def _content_text(content: Any, where: str) -> str:
 _ROLE_AS = {"system": "system", "developer": "system", "user": "user", "tool": "user", "assistant": "assistant"}
 
 
-def parse_messages(messages: Any) -> list[Message]:
-    """A chat request's messages as `prealign.conversation.Message`s (a 400 naming the bad one).
-    A client's assistant turn is never verified here: it stays untrusted text."""
+def parse_messages(messages: Any, policy: str = "verified", signer: TurnSigner | None = None) -> list[Message]:
+    """A chat request's messages as `prealign.conversation.Message`s (a 400 naming the bad one),
+    through `prealign.conversation.client_turns`: an assistant turn is the AI's own only with a
+    MAC `signer` issued for it; `policy` says what becomes of the others; a trailing assistant
+    turn (a prefill) is refused."""
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
-    out = []
+    recs = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in _ROLE_AS:
             raise APIError(400, f"messages[{i}] must be an object with a role of system, user or assistant", param="messages")
-        out.append(Message(_ROLE_AS[m["role"]], _content_text(m.get("content"), f"messages[{i}]")))
-    return out
+        rec = {"role": _ROLE_AS[m["role"]], "content": _content_text(m.get("content"), f"messages[{i}]")}
+        if m.get("prealign") is not None:
+            rec["prealign"] = m["prealign"]
+        recs.append(rec)
+    try:
+        return client_turns(recs, policy, signer)
+    except PrefillRefused as e:
+        raise APIError(400, str(e), param="messages", code="prefill_not_supported") from None
+    except TurnRejected as e:
+        raise APIError(400, str(e), param="messages", code="unverified_assistant_turn") from None
+    except PrealignError as e:
+        raise APIError(400, _one_line(str(e)), param="messages") from None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -317,6 +356,18 @@ class Service:
         self.scheme = self.engine.scheme
         self.context = context_length(model)
         self.created = int(time.time())
+        # a turn is bound to the model name and scheme it was generated under
+        context = f"{config.model_name}|{self.scheme.name}"
+        self.signer = (TurnSigner.from_file(config.mac_key_file, context) if config.mac_key_file
+                       else TurnSigner.random(context))
+        self.max_token_bytes = _max_token_bytes(tokenizer)
+
+    def mac(self, conversation: list[Message], result: LockedResult, content: str) -> str | None:
+        """The MAC of a reply shown to the client as `content`, after `conversation`."""
+        try:
+            return self.signer.sign(conversation, reply_message(result, self.scheme, content))
+        except PrealignError:  # a reply that cannot be verified is simply not (it stays the client's claim)
+            return None
 
     def parse(self, body: Any, chat: bool) -> Request:
         if not isinstance(body, dict):
@@ -329,7 +380,7 @@ class Service:
             raise APIError(404, f"the model '{model}' does not exist; this server serves '{self.config.model_name}'",
                            param="model", code="model_not_found")
         if chat:
-            conversations = [parse_messages(body.get("messages"))]
+            conversations = [parse_messages(body.get("messages"), self.config.assistant_turns, self.signer)]
         else:
             prompt = body.get("prompt")
             if isinstance(prompt, str):
@@ -395,6 +446,12 @@ class Service:
         limit = self.config.max_prompt_tokens or (self.context - req.max_tokens)
         key = (tuple(sorted(req.gen_kwargs.items())), req.policy, req.exit_threshold, req.guard_threshold)
         for messages in req.conversations:
+            # a lower bound from the bytes alone: a message far too long is refused untokenised
+            least = 0 if self.max_token_bytes is None else \
+                sum(len(m.content.encode("utf-8", "surrogatepass")) for m in messages if not m.verified) // self.max_token_bytes
+            if least > limit:
+                raise APIError(400, f"the prompt is at least {least} tokens; this model takes at most {limit} with "
+                                    f"max_tokens={req.max_tokens}", param="messages", code="context_length_exceeded")
             ids = prompt_ids(self.tokenizer, messages, self.scheme)
             if len(ids) > limit:
                 raise APIError(400, f"the prompt is {len(ids)} tokens; this model takes at most {limit} with max_tokens="
@@ -404,6 +461,18 @@ class Service:
                 out.append(Job(ids, req.max_tokens, key, req.gen_kwargs, req.policy, req.exit_threshold,
                                on_step=on_step_for(k) if on_step_for else None, guard_threshold=req.guard_threshold))
         return out
+
+
+def _max_token_bytes(tokenizer) -> int | None:
+    """An upper bound on the UTF-8 bytes one token stands for, so `bytes // it` ≤ tokens; None
+    when the tokenizer normalises text first (a normaliser may shrink it, so no bound holds)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return None
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    longest = max((len(tokenizer.decode([i], clean_up_tokenization_spaces=False).encode("utf-8", "surrogatepass"))
+                   for i in range(len(tokenizer)) if i not in special), default=1)
+    return longest + 2  # room for a decoder that drops a leading space or marker
 
 
 def _cut_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -417,6 +486,82 @@ def _finish_reason(res: LockedResult, stopped: bool) -> str:
 
 def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+# --- the request body: size, nesting, JSON ---------------------------------------------------------
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than {limit} bytes (the server's --max-request-bytes)",
+                    param=None, code="request_too_large")
+
+
+async def read_body(request: HTTPRequest, limit: int) -> bytes:
+    """The raw body, refused (413) as soon as it is over `limit` bytes: by its Content-Length
+    before a byte is read, or while a chunked body streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise APIError(400, "the Content-Length header is not a number", code="invalid_request")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_OPEN = (ord("["), ord("{"))
+_CLOSE = (ord("]"), ord("}"))
+
+
+def json_depth(raw: bytes, at_most: int | None = None) -> int:
+    """The deepest nesting of `[` and `{` outside strings in a JSON text, from the raw bytes, with
+    a few vectorised passes over the positions of quotes, backslashes and brackets (no recursion,
+    no Python loop over bytes). Exact for valid JSON; for invalid JSON it is some number (the
+    parser refuses such a text anyway). `at_most`: a text with no more brackets than that
+    returns their count without a scan (its depth cannot be larger)."""
+    import numpy as np
+
+    opens = raw.count(b"[") + raw.count(b"{")
+    if opens == 0 or (at_most is not None and opens <= at_most):
+        return opens
+    a = np.frombuffer(raw, dtype=np.uint8)
+    quotes = np.flatnonzero(a == _QUOTE)
+    slashes = np.flatnonzero(a == _BACKSLASH)
+    if len(quotes) and len(slashes):
+        # runs of consecutive backslashes: where each ends and how long it is
+        breaks = np.flatnonzero(np.diff(slashes) != 1)
+        ends = np.append(slashes[breaks], slashes[-1])
+        starts = np.insert(slashes[breaks + 1], 0, slashes[0])
+        k = np.searchsorted(ends, quotes - 1)
+        k_ok = np.minimum(k, len(ends) - 1)
+        hit = (k < len(ends)) & (ends[k_ok] == quotes - 1)
+        run = np.where(hit, ends[k_ok] - starts[k_ok] + 1, 0)
+        quotes = quotes[run % 2 == 0]  # a quote after an odd run of backslashes is escaped
+    brackets = np.flatnonzero((a == _OPEN[0]) | (a == _OPEN[1]) | (a == _CLOSE[0]) | (a == _CLOSE[1]))
+    outside = np.searchsorted(quotes, brackets) % 2 == 0  # an even number of real quotes before it
+    b = a[brackets[outside]]
+    step = np.where((b == _OPEN[0]) | (b == _OPEN[1]), 1, -1).astype(np.int32)
+    return int(np.cumsum(step).max(initial=0))
+
+
+def parse_json(raw: bytes, max_depth: int) -> Any:
+    """The body as JSON: nesting deeper than `max_depth` is refused before the parser recurses."""
+    depth = json_depth(raw, at_most=max_depth)
+    if depth > max_depth:
+        raise APIError(400, f"the request body nests JSON {depth} levels deep; at most {max_depth} are accepted",
+                       code="invalid_json")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    except RecursionError:  # cannot happen after the scan above; refused all the same
+        raise APIError(400, "the request body nests JSON too deeply", code="invalid_json") from None
 
 
 # --- the FastAPI app ------------------------------------------------------------------------------
@@ -452,11 +597,7 @@ def create_app(model, tokenizer, config: ServeConfig | None = None):
         return {"id": name, "object": "model", "created": service.created, "owned_by": "prealign"}
 
     async def body_of(request: HTTPRequest) -> Any:
-        raw = await request.body()
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        return parse_json(await read_body(request, config.max_request_bytes), config.max_json_depth)
 
     async def run(request: HTTPRequest, chat: bool):
         req = service.parse(await body_of(request), chat)
@@ -488,10 +629,11 @@ def create_app(model, tokenizer, config: ServeConfig | None = None):
         choices = []
         for i, res in enumerate(results):
             text, stopped = _cut_stop(res.text, req.stop)
-            ext = res.to_dict()
+            mac = service.mac(req.conversations[i // req.n], res, text)
+            ext = {**res.to_dict(), "mac": mac}
             body = {"index": i, "finish_reason": _finish_reason(res, stopped), "prealign": ext}
-            if chat:
-                body["message"] = {"role": "assistant", "content": text}
+            if chat:  # the mac inside the message too, so a client that appends the message keeps it
+                body["message"] = {"role": "assistant", "content": text, "prealign": {"mac": mac}}
             else:
                 body["text"], body["logprobs"] = text, None
             choices.append(body)
@@ -550,7 +692,8 @@ def create_app(model, tokenizer, config: ServeConfig | None = None):
                 text, stopped = _cut_stop(res.text, req.stop)
                 old = sent.get(k, "")
                 rest = text[len(old):] if text.startswith(old) else ""
-                yield chunk(k, rest, finish=_finish_reason(res, stopped), ext=res.to_dict())
+                mac = service.mac(req.conversations[k // req.n], res, text) if old + rest == text else None
+                yield chunk(k, rest, finish=_finish_reason(res, stopped), ext={**res.to_dict(), "mac": mac})
             if req.include_usage:
                 prompt_tokens = sum(len(j.prompt_ids) for j in jobs[:: req.n])
                 yield "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": config.model_name,

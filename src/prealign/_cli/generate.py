@@ -122,11 +122,26 @@ def register(app: typer.Typer) -> None:
         max_queue: int = typer.Option(256, "--max-queue", help="queued rows before answering 503"),
         timeout: float = typer.Option(120.0, "--timeout", help="seconds before a request answers 504"),
         max_tokens_limit: int = typer.Option(1024, "--max-tokens-limit", help="largest max_tokens a request may ask"),
+        assistant_turns: str = typer.Option(
+            "verified", "--assistant-turns",
+            help="a client's assistant turn without a valid prealign.mac: verified (rendered as human text), "
+                 "as-human (every assistant turn as human text), reject (a 400 naming the turn)"),
+        mac_key_file: Optional[Path] = typer.Option(
+            None, "--mac-key-file",
+            help="the key that signs the AI's replies (created with a random key if missing, mode 0600); share it "
+                 "so a restarted server or other replicas verify the same turns (default: a new key per process)"),
+        max_request_bytes: int = typer.Option(1 << 20, "--max-request-bytes",
+                                              help="a larger request body is refused (413) before it is parsed"),
     ) -> None:
-        """OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models), always locked (--lock mask|lock)."""
+        """OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models), always locked (--lock mask|lock).
+
+        Every reply carries a MAC (choices[i].prealign.mac); send an assistant turn back with it to keep a
+        verified conversation (docs/conversations.md). A conversation ending with an assistant turn is refused."""
         from prealign.serve import ServeConfig, serve
 
         config = ServeConfig(model_name=model_name, lock=O.lock_settings(lock, policy, exit_threshold),
                              max_batch=max_batch, max_queue=max_queue, request_timeout_s=timeout,
-                             max_tokens_limit=max_tokens_limit, guard=guard, guard_threshold=guard_threshold)
+                             max_tokens_limit=max_tokens_limit, guard=guard, guard_threshold=guard_threshold,
+                             assistant_turns=assistant_turns, mac_key_file=str(mac_key_file) if mac_key_file else None,
+                             max_request_bytes=max_request_bytes)
         serve(model, host=host, port=port, config=config)
