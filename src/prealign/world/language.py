@@ -669,18 +669,21 @@ def _translate(text: str, protect: bool = True, unit: bool = False) -> str:
         text = _NAME_RX.sub(name_slot, rx.sub(unit_slot, text))
         back = {v: k for k, v in seen.items()}
         back.update({v: unit_form(k) for k, v in units.items()})
+    out = _slotted(text, unit)
+    if back:
+        out = _SLOT_RX.sub(lambda m: back.get(m.group(), m.group()), out)
+    return out
 
+
+@lru_cache(maxsize=1 << 16)
+def _slotted(text: str, unit: bool) -> str:
     def run(m: re.Match) -> str:
         rest = m.string[m.end():m.end() + 4].lstrip(" \t\"'")
         return _chunk(m.group(), rest[:1] == "?", unit)
 
     if "<" in text:  # tags are structure, never translated
-        out = "".join(part if i % 2 else _CHUNK.sub(run, part) for i, part in enumerate(_TAG.split(text)))
-    else:
-        out = _CHUNK.sub(run, text)
-    if back:
-        out = _SLOT_RX.sub(lambda m: back.get(m.group(), m.group()), out)
-    return out
+        return "".join(part if i % 2 else _CHUNK.sub(run, part) for i, part in enumerate(_TAG.split(text)))
+    return _CHUNK.sub(run, text)
 
 
 @lru_cache(maxsize=4096)
