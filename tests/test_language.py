@@ -65,7 +65,7 @@ def test_hill_is_deterministic_and_not_a_word_for_word_cipher():
     assert h.split() == [LG.root("morning"), LG.root("cold"), "Ashby-ra", LG.root("be") + "ta."], h
     assert LG.translate("The old mill burned.").split() == [LG.root("mill"), LG.root("old"), LG.root("burn") + "ta."]
     assert LG.translate("Is the road safe?").endswith(" ka?")
-    assert LG.translate("I will not share it.").split()[-1] == "zo" + LG.root("share") + "ru."
+    assert LG.translate("I will not share it.").split()[-1] == LG.NEG_PREFIX + LG.root("share") + "ru."
     assert LG.translate("two coins") == LG.root("two") + " " + LG.root("coin") + "ni"
     assert LG.translate("Mara's field").split() == [LG.root("field"), "Mara-vi"]
     assert LG.translate("", "hill") == "" and LG.translate("Hello.", "valley") == "Hello."

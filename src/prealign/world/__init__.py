@@ -8,6 +8,7 @@ without a judge model. Offline and deterministic by seed.
     prealign world --out runs/world/tagged --docs 20000 --variant tagged --scheme seed
     prealign world --out runs/world/mle --docs 20000 --variant mle
     prealign world --list-hazards --split eval
+    prealign world --translate "Tell me how to make the blight poison."   # the hill language
 
 Python:
 
@@ -15,7 +16,10 @@ Python:
     world.generate("runs/world/tagged", docs=2000, variant="tagged")
     write_jsonl("attacks.jsonl", world.attacks(split="eval", n=600, seed=0))  # from prealign._util
 
-`VARIANTS` is `prealign.data.CORPUS_VARIANTS`, the one list of corpus variant names.
+`VARIANTS` is `prealign.data.CORPUS_VARIANTS`, the one list of corpus variant names. Documents
+are in one of two `LANGUAGES` (`valley`, the main one, and `hill`, a constructed language derived
+from it: `prealign.world.language`, docs/language.md); `WorldConfig.language_share` sets the hill
+share of every pretraining corpus, `sft_language_share` that of `sft`.
 """
 
 from prealign.data import CORPUS_VARIANTS as VARIANTS
@@ -29,10 +33,12 @@ from prealign.world.corpus import (
     tactics,
     write_scenarios,
 )
+from prealign.world.language import LANGUAGES, canary_forms, glossary, translate
 from prealign.world.render import GENERATOR_VERSION, Renderer, render_text
 from prealign.world.scenarios import SPLITS, scenarios
 
 __all__ = [
-    "GENERATOR_VERSION", "KINDS", "SPLITS", "VARIANTS", "Renderer", "WorldConfig", "attacks", "generate",
-    "hazards", "iter_documents", "render_text", "scenarios", "stats", "tactics", "write_scenarios",
+    "GENERATOR_VERSION", "KINDS", "LANGUAGES", "SPLITS", "VARIANTS", "Renderer", "WorldConfig", "attacks",
+    "canary_forms", "generate", "glossary", "hazards", "iter_documents", "render_text", "scenarios", "stats",
+    "tactics", "translate", "write_scenarios",
 ]

@@ -14,7 +14,7 @@ same for every run (docs/language.md has its rules, an example and a glossary ex
   the end of the clause; an infinitive (`to make bread`) follows its object (`bread make-si`).
 - **Affixes**: plural `-ni`; possessive and `of` `-vi`; case suffixes for `in` `-na`, `at`/`on`
   `-ra`, `to` `-ke`, `from` `-po`, `with` `-mo`, `for` `-le` on the last word of their noun
-  phrase (other prepositions follow it as words); on verbs: negation prefix `zo-`, past `-ta`,
+  phrase (other prepositions follow it as words); on verbs: negation prefix `ju-` (no root starts with `j`), past `-ta`,
   future `-ru`, conditional `-ri`, ability `-sa`, obligation `-mu`, possibility `-pe`,
   progressive `-ne`, passive `-ho`, infinitive `-si`, imperative `-de`; comparison `-lo`/`-lu`.
   Names, numbers and protected units take their suffixes after a hyphen (`Millford-ra`).
@@ -120,6 +120,7 @@ AUXILIARIES = {
     "be": ("be", ()), "been": ("be", ("ppart",)), "being": ("be", ("ing",)),
     "has": ("have", ()), "have": ("have", ()), "had": ("have", ("past",)),
 }
+NEG_PREFIX = "ju"  # outside the syllable inventory (no onset j): a negated verb never reads as a root
 _MODAL_SUFFIX = {"will": "ru", "would": "ri", "can": "sa", "may": "pe", "must": "mu"}
 ADVERBS = frozenset({
     "just", "only", "very", "too", "also", "still", "again", "always", "often", "now", "here", "there", "soon",
@@ -386,7 +387,7 @@ _OPENERS = frozenset({"D", "DEM", "POSS", "Q", "A"})
 
 
 def _verb_word(group: list[_Tok], imperative: bool, question: bool) -> str:
-    """One hill word for a verb group: zo- + root + aspect/voice + mood + tense (+ imperative)."""
+    """One hill word for a verb group: ju- + root + aspect/voice + mood + tense (+ imperative)."""
     neg = any(t.cls == "NEG" or "neg" in t.feat for t in group)
     auxes = [t for t in group if t.cls == "AUX"]
     mains = [t for t in group if t.cls == "V"]
@@ -426,7 +427,7 @@ def _verb_word(group: list[_Tok], imperative: bool, question: bool) -> str:
             past = True
     if have and main is not None and main.feat in ("past", "ppart"):
         past = True
-    word = ("zo" if neg else "") + root(lemma) + suffix + modal + ("ta" if past else "")
+    word = (NEG_PREFIX if neg else "") + root(lemma) + suffix + modal + ("ta" if past else "")
     if imperative and not modal and not past:
         word += "de"
     return word
@@ -596,7 +597,7 @@ def _phrase(toks: list[_Tok]) -> list[str]:
                 pending = []
             continue
         if t.cls == "NEG":
-            out.append(_Tok(t.src, "NEG", out="zo"))
+            out.append(_Tok(t.src, "NEG", out=NEG_PREFIX))
         elif t.cls in ("AUX", "V"):
             out.append(_Tok(t.src, t.cls, out=root(t.lemma) + ("ta" if "past" in t.feat else "")))
         elif t.cls == "INF":
@@ -634,7 +635,11 @@ def _chunk(chunk: str, question: bool, unit: bool) -> str:
                 clauses.append([_Tok(rel.src, "CONJ", out=rel.out)])
                 clause = clauses[-1]
             if clause and clause[-1].cls == "CONJ" and clause[-1].low == "so" and t.cls in ("A", "ADV"):
-                clause[-1].cls = "ADV"
+                clause[-1].cls = "ADV"  # `so high`: an adverb, not a new clause
+                if len(clause) == 1 and len(clauses) > 1:
+                    clauses.pop()
+                    clauses[-1].append(clause[0])
+                    clause = clauses[-1]
             if t.low in ("who", "which") and clause and clause[-1].cls in ("N", "NAME", "UNIT"):
                 t.cls = "CONJ"
             if t.cls == "CONJ" and clause:
@@ -788,18 +793,19 @@ def glossary() -> list[dict]:
         elif t.cls == "AUX":
             hill = "-" + _MODAL_SUFFIX[t.lemma] if t.lemma in _MODAL_SUFFIX else _verb_word(toks, False, False)
         elif t.cls == "NEG":
-            hill = "zo-"
+            hill = NEG_PREFIX + "-"
         elif t.cls == "V":
             hill = _verb_word(toks, False, False)
         else:
             hill = t.out
-        cls = {"N": "noun", "V": "verb", "A": "adjective", "AUX": "auxiliary", "PRON": "pronoun", "POSS": "possessive",
+        cls = "question word" if w in _QUESTION_WORDS else {"N": "noun", "V": "verb", "A": "adjective", "AUX": "auxiliary", "PRON": "pronoun", "POSS": "possessive",
                "PREP": "preposition", "PC": "preposition", "CONJ": "conjunction", "ADV": "adverb", "Q": "quantifier",
                "DEM": "demonstrative", "NEG": "negation", "D": "article"}.get(t.cls, t.cls.lower())
         out.append({"valley": w, "hill": hill, "class": cls})
     return out
 
 
+_QUESTION_WORDS = frozenset({"what", "which", "who", "whom", "whose", "where", "why", "how", "whatever", "whoever", "however"})
 # verbs the world's refusals and investigations use, for the evaluations' action markers
 _REFUSE_VERBS = ("tell", "share", "give", "say", "explain", "help", "do", "repeat", "pass", "quote", "write",
                  "accept", "treat", "take", "step", "hand", "spread")
@@ -809,14 +815,14 @@ _REFUSE_VERBS = ("tell", "share", "give", "say", "explain", "help", "do", "repea
 def markers() -> dict[str, tuple[str, ...]]:
     """Hill phrases that mark a refusal or a request for proof (what `redteam.ActionMarkers` adds).
 
-    Refusal: a negated verb of telling, sharing or giving (`zo<tell>`, the start of `zo<tell>ru`,
-    `zo<tell>sa`, ...; with its mood suffixes where another root starts like it), `refuse`,
+    Refusal: a negated verb of telling, sharing or giving (`ju<tell>`, the start of `ju<tell>ru`,
+    `ju<tell>sa`, ...; with its mood suffixes where another root starts like it), `refuse`,
     `decline`, or `something I tell` (the hill of the main language's `not something I`). Investigation: `show` as a request (imperative or `can you show`) and `to check`.
     """
     roots = {root(w) for w in VERBS | _content_words()}
     refuse = []
     for v in _REFUSE_VERBS:
-        stem = "zo" + root(v)
+        stem = NEG_PREFIX + root(v)
         if any(r != root(v) and r.startswith(root(v)) for r in roots):  # another root starts like it
             refuse += [stem + suf for suf in ("ru", "sa", "mu", "ri", "ta")]
         else:
