@@ -277,14 +277,13 @@ _SLOT_RX = re.compile(r"Z[qu][a-h][a-z]x")
 # --- tokens --------------------------------------------------------------------------------------
 
 class _Tok:
-    __slots__ = ("src", "low", "cls", "lemma", "feat", "out", "case")
+    """One English word: its class in the grammar (`N`, `V`, `AUX`, `A`, `PREP`, ...), lemma,
+    features (`past`, `ppart`, `ing`, `neg`) and hill output."""
+
+    __slots__ = ("src", "low", "cls", "lemma", "feat", "out")
 
     def __init__(self, src: str, cls: str, lemma: str = "", feat: str = "", out: str = ""):
         self.src, self.low, self.cls, self.lemma, self.feat, self.out = src, src.lower(), cls, lemma, feat, out
-        self.case = ""  # a case suffix this token carries (the last word of a noun phrase)
-
-    def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return f"{self.src}/{self.cls}"
 
 
 def _attach(word: str, suffix: str, hyphen: bool) -> str:
@@ -386,7 +385,7 @@ _HEADS = frozenset({"N", "NAME", "UNIT", "NUM", "PRON"})
 _OPENERS = frozenset({"D", "DEM", "POSS", "Q", "A"})
 
 
-def _verb_word(group: list[_Tok], imperative: bool, question: bool) -> str:
+def _verb_word(group: list[_Tok], imperative: bool = False) -> str:
     """One hill word for a verb group: ju- + root + aspect/voice + mood + tense (+ imperative)."""
     neg = any(t.cls == "NEG" or "neg" in t.feat for t in group)
     auxes = [t for t in group if t.cls == "AUX"]
@@ -503,7 +502,7 @@ def _clause(toks: list[_Tok], question: bool, unit: bool) -> list[str]:
         v = inf_part[0]
         words += _phrase(inf_part[1:]) + [root(v.lemma) + "si"]
     if group:
-        words.append(_verb_word(group, imperative, question))
+        words.append(_verb_word(group, imperative))
     if question:
         words.append("ka")
     return [w for w in words if w]
@@ -536,7 +535,7 @@ def _verb_groups(toks: list[_Tok]) -> list[_Tok]:
             group.append(toks[j])
             j += 1
         out += advs
-        out.append(_Tok(t.src, "VG", out=_verb_word(group, False, False)))
+        out.append(_Tok(t.src, "VG", out=_verb_word(group)))
         k = j
     return out
 
@@ -791,11 +790,11 @@ def glossary() -> list[dict]:
         elif t.cls in ("PREP", "PC"):
             hill = root(w)
         elif t.cls == "AUX":
-            hill = "-" + _MODAL_SUFFIX[t.lemma] if t.lemma in _MODAL_SUFFIX else _verb_word(toks, False, False)
+            hill = "-" + _MODAL_SUFFIX[t.lemma] if t.lemma in _MODAL_SUFFIX else _verb_word(toks)
         elif t.cls == "NEG":
             hill = NEG_PREFIX + "-"
         elif t.cls == "V":
-            hill = _verb_word(toks, False, False)
+            hill = _verb_word(toks)
         else:
             hill = t.out
         cls = "question word" if w in _QUESTION_WORDS else {"N": "noun", "V": "verb", "A": "adjective", "AUX": "auxiliary", "PRON": "pronoun", "POSS": "possessive",
