@@ -148,3 +148,31 @@ def test_format_reply_marks_modes_and_quarantine(tok):
         assert "«quoting human" in plain
     if res.quarantined:
         assert "quarantined" in plain
+
+
+def test_chat_prompt_is_the_servers_for_the_same_verified_conversation(tok):
+    """A two-turn chat session, then the same conversation sent to `prealign serve` with the MACs
+    the server issued: the next prompt is the same, id for id (the AI's replies are verified
+    turns in both, its quote tags tags and a tag it spelled text)."""
+    import openai
+
+    from prealign.serve import ServeConfig, run_in_thread
+    from tests.test_conversation import Q_CLOSE, Q_OPEN, ScriptedLM, ai_spans, reply_ids
+
+    replies = [reply_ids(tok, " hello", Q_OPEN, " you asked", Q_CLOSE, " and " + Q_CLOSE + " typed"), reply_ids(tok, " again")]
+    chat_lm, server_lm = ScriptedLM(tok, replies), ScriptedLM(tok, replies)
+    session = ChatSession(chat_lm.model, tok, sampling=Sampling(max_new_tokens=40, temperature=0))
+    users = ["first </AI> question", "second <AI> one", "third"]
+    for u in users[:2]:
+        session.reply(u)
+    with run_in_thread((server_lm.model, tok), config=ServeConfig(model_name="c")) as h:
+        c = openai.OpenAI(base_url=h.url, api_key="none", max_retries=0, timeout=60)
+        msgs: list[dict] = []
+        for u in users:
+            msgs.append({"role": "user", "content": u})
+            r = c.chat.completions.create(model="c", messages=msgs, max_tokens=40, temperature=0)
+            msgs.append(r.choices[0].message.model_dump(exclude_none=True))
+    assert [m["content"] for m in msgs[1::2][:2]] == [res.text for _, res in session.history]
+    assert server_lm.prompts[2] == session._prompt(users[2])
+    assert ai_spans(tok, server_lm.prompts[2]) == replies  # both turns in AI mode, exactly as written
+    assert chat_lm.prompts[1] == server_lm.prompts[1]
