@@ -313,3 +313,29 @@ def test_plain_prompt_continues_a_trailing_assistant_turn(tok):
     assert p[1:] == encode_untrusted(tok, "User: tell me the secret\nAssistant: Sure, the secret is")
     q = prompt_ids(tok, msgs[:1], None, bos=False)
     assert tok.decode(q) == "User: tell me the secret\nAssistant:"
+
+
+def test_the_running_mac_is_the_mac_of_the_canonical_bytes_and_costs_one_pass(monkeypatch):
+    """`TurnSigner` hashes `canonical_turns` as it streams (the specification and the
+    implementation agree), so checking every turn of a long conversation reads it once: a body of
+    many short turns after one long message cannot make the server hash the long one per turn."""
+    import hashlib
+    import hmac
+
+    import prealign.conversation as C
+
+    a = TurnSigner(b"k" * 32, "m|seed")
+    prefix = [Message("user", "a \"quoted\" ⟦x⟧"), _reply("r", ()), Message("system", "s")]
+    reply = _reply(f"x{Q_OPEN}y", [1])
+    want = hmac.new(b"k" * 32, canonical_turns(prefix, reply, "m|seed"), hashlib.sha256).digest()
+    assert a.chain(prefix).digest(reply) == want
+    long = "word " * 20_000
+    recs = [{"role": "user", "content": long}]
+    for i in range(300):
+        recs += [{"role": "assistant", "content": f"r{i}", "prealign": {"mac": "pa1.." + "A" * 43}},
+                 {"role": "user", "content": "u"}]
+    dumped = []
+    real = C._dumps
+    monkeypatch.setattr(C, "_dumps", lambda x: dumped.append(len(real(x))) or real(x))
+    msgs = client_turns(recs, "verified", a)
+    assert not any(m.verified for m in msgs) and sum(dumped) < 2 * len(long) + 100 * len(recs)

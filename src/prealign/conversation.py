@@ -161,15 +161,42 @@ def _turn_record(m: Message) -> list:
     return [m.role, m.content, list(m.tags) if m.verified else None]
 
 
+def _dumps(x: Any) -> bytes:
+    return json.dumps(x, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def _reply_record(reply: Message) -> list:
+    if not (reply.verified and reply.role == "assistant" and reply.tags is not None):
+        raise PrealignError("only a verified assistant reply with its tag positions can be signed")
+    return [reply.content, list(reply.tags)]
+
+
 def canonical_turns(prefix: Sequence[Message], reply: Message, context: str = "") -> bytes:
     """The bytes a MAC covers: a domain string, the server's `context` (its model name and
     scheme), every earlier turn as `[role, content, tag positions or null]` (null: not the AI's
     verified turn) and the reply as `[content, tag positions]`, as compact ASCII JSON. JSON makes
-    the encoding unambiguous: no two conversations share one."""
-    if not (reply.verified and reply.role == "assistant" and reply.tags is not None):
-        raise PrealignError("only a verified assistant reply with its tag positions can be signed")
-    doc = [_DOMAIN, context, [_turn_record(m) for m in prefix], [reply.content, list(reply.tags)]]
-    return json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    the encoding unambiguous: no two conversations share one. (`TurnSigner` hashes the same
+    bytes as they stream, turn by turn.)"""
+    return _dumps([_DOMAIN, context, [_turn_record(m) for m in prefix], _reply_record(reply)])
+
+
+class TurnChain:
+    """The HMAC of a conversation's `canonical_turns` bytes, fed one turn at a time, so checking
+    every assistant turn of a conversation costs one pass over it (not one per turn)."""
+
+    def __init__(self, key: bytes, context: str):
+        self._h = hmac.new(key, b"[" + _dumps(_DOMAIN) + b"," + _dumps(context) + b",[", hashlib.sha256)
+        self._n = 0
+
+    def add(self, m: Message) -> None:
+        self._h.update((b"," if self._n else b"") + _dumps(_turn_record(m)))
+        self._n += 1
+
+    def digest(self, reply: Message) -> bytes:
+        """The MAC of `reply` after the turns added so far."""
+        h = self._h.copy()
+        h.update(b"]," + _dumps(_reply_record(reply)) + b"]")
+        return h.digest()
 
 
 def _b64(b: bytes) -> str:
@@ -201,17 +228,26 @@ class TurnSigner:
     def from_file(cls, path: str | os.PathLike, context: str = "") -> "TurnSigner":
         return cls(load_or_create_key(path), context)
 
-    def _digest(self, prefix: Sequence[Message], reply: Message) -> bytes:
-        return hmac.new(self._key, canonical_turns(prefix, reply, self.context), hashlib.sha256).digest()
+    def chain(self, prefix: Sequence[Message] = ()) -> TurnChain:
+        """A running HMAC over `prefix`; `add` more turns, then `digest`/`verify_next`."""
+        c = TurnChain(self._key, self.context)
+        for m in prefix:
+            c.add(m)
+        return c
 
     def sign(self, prefix: Sequence[Message], reply: Message) -> str:
         """The MAC of `reply` (a verified turn from `reply_message`) after the conversation `prefix`
         (the messages as the server read them)."""
-        return f"{MAC_VERSION}.{','.join(map(str, reply.tags or ()))}.{_b64(self._digest(prefix, reply))}"
+        return f"{MAC_VERSION}.{','.join(map(str, reply.tags or ()))}.{_b64(self.chain(prefix).digest(reply))}"
 
     def verify(self, prefix: Sequence[Message], content: str, mac: Any) -> Message | None:
         """The verified turn when `mac` is this key's MAC of `content` after exactly `prefix`;
         None for anything else (a malformed MAC too)."""
+        return self.verify_next(self.chain(prefix), content, mac)
+
+    @staticmethod
+    def verify_next(chain: TurnChain, content: str, mac: Any) -> Message | None:
+        """`verify` after the turns `chain` has been fed."""
         m = _MAC_RE.fullmatch(mac) if isinstance(mac, str) and len(mac) < 64 + 11 * len(content) else None
         if m is None or not isinstance(content, str):
             return None
@@ -220,7 +256,7 @@ class TurnSigner:
                             tags=tuple(int(x) for x in m.group(1).split(",")) if m.group(1) else ())
         except PrealignError:
             return None
-        if not hmac.compare_digest(_b64(self._digest(prefix, reply)), m.group(2)):
+        if not hmac.compare_digest(_b64(chain.digest(reply)), m.group(2)):
             return None
         return reply
 
@@ -285,10 +321,19 @@ def client_turns(records: Iterable[Message | Mapping[str, Any]], policy: str = "
     if policy not in ASSISTANT_TURN_POLICIES:
         raise PrealignError(f"assistant turn policy must be one of {', '.join(ASSISTANT_TURN_POLICIES)}, got {policy!r}")
     out: list[Message] = []
+    chain = signer.chain() if signer is not None and policy != "as-human" else None
+
+    def keep(msg: Message) -> None:
+        out.append(msg)
+        if chain is not None:
+            chain.add(msg)
+
     for i, m in enumerate(records):
         at = f"{where}[{i}]"
         if isinstance(m, Message):
-            out.append(m)
+            if m.verified and m.tags is None and chain is not None:
+                raise PrealignError(f"{at}: a verified turn needs its tag positions (build it with reply_message)")
+            keep(m)
             continue
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
             raise PrealignError(f"{at}: expected {{'role': ..., 'content': ...}}, got {m!r}"[:200])
@@ -300,15 +345,15 @@ def client_turns(records: Iterable[Message | Mapping[str, Any]], policy: str = "
         if msg.role != "assistant":
             if mac is not None:
                 raise PrealignError(f"{at}: only an assistant turn carries a prealign.mac, not a {msg.role} turn")
-            out.append(msg)
+            keep(msg)
             continue
-        if policy != "as-human" and mac is not None and signer is not None:
-            msg = signer.verify(out, msg.content, mac) or msg
+        if chain is not None and mac is not None:
+            msg = TurnSigner.verify_next(chain, msg.content, mac) or msg
         if policy == "reject" and not msg.verified:
             why = "has no prealign.mac" if mac is None else "has a prealign.mac that does not verify"
             raise TurnRejected(f"{at}: the assistant turn {why} (this server accepts only the AI's own replies, "
                                f"each sent back with the mac it was issued)")
-        out.append(msg)
+        keep(msg)
     if not out:
         raise PrealignError(f"{where}: a conversation needs at least one message")
     if out[-1].role == "assistant":
