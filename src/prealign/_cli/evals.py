@@ -254,18 +254,18 @@ def diff(
 
 
 def experiment(
-    plan: str = typer.Option("quick", "--plan", help="A plan name (prealign.experiment.PLANS)."),
+    plan: str = typer.Option("quick", "--plan", help="A plan: smoke | quick | standard | sweep | gpu (prealign.experiment.PLANS)."),
     out: str = typer.Option(..., "--out", help="Experiment directory (a rerun resumes it)."),
-    rows: Optional[str] = typer.Option(None, "--rows", help="Comma-separated rows (default: the plan's)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a plan field: --set train_tokens=3000000 (repeatable)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads."),
 ) -> None:
-    """Generate corpora, train every variant with the same budget, evaluate all, write results.json + report."""
-    from prealign.experiment import run_experiment
+    """Generate corpora, train every model on the same budget, check they learnt their world, evaluate all, write results.json + report."""
+    from prealign.experiment import get_plan, parse_overrides, run_experiment
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    res = run_experiment(plan, out, rows=[r.strip() for r in rows.split(",")] if rows else None, log=log, threads=threads)
+    res = run_experiment(get_plan(plan, **parse_overrides(set_ or [])), out, log=log, threads=threads)
     print(f"report: {Path(res).with_name('report.html')}")
 
 

@@ -1,17 +1,21 @@
-"""Plans and rows of the experiment: every number of a run, as data.
+"""Plans, models and rows of the experiment: every number of a run, as data.
 
     prealign experiment --plan quick --out runs/demo
-    prealign experiment --plan quick --set train_tokens=3000000 --out runs/demo-3m
+    prealign experiment --plan standard --set train_tokens=5000000 --out runs/standard
+    prealign experiment --plan sweep --out runs/sweep
 
-A *plan* fixes the corpus sizes, the training budget and the evaluation sizes. A *row* of the
-result table is a trained model plus how it generates: the plain baselines in their chat format,
-the tagged model with no lock, the mask only, the full lock, or the lock plus the probe guard.
+A *plan* fixes the corpus sizes, the one pretraining budget every model sees, the fine-tuning
+share, the seeds and the evaluation sizes. A *model* is a trained network (`tagged`, `mle`,
+`filtered`, `mle+sft`, ...), trained once per seed. A *row* of the result table is a model plus how
+it generates: the plain baselines in their chat format, the tagged model with no lock, the mask
+only, the full lock, or the lock plus the probe guard. A *sweep* runs a plan's deciding rows at
+several budgets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from prealign.errors import PrealignError
@@ -20,19 +24,19 @@ from prealign.modes import LockSettings
 
 @dataclass(frozen=True)
 class Plan:
-    """Every number of a plan: corpus sizes, the training budget, eval sizes. Data, not code."""
+    """Every number of a plan. Data, not code: `--set field=value` overrides any of them."""
 
     name: str
-    docs: int  # pretraining documents per variant corpus (tagged, mle, filtered)
-    sft_docs: int  # aligned chat dialogues for mle+sft
+    docs: int  # pretraining documents per corpus (tagged, mle, filtered, ...)
+    sft_docs: int  # aligned chat dialogues for fine-tuning
     eval_docs: int  # tagged eval-split documents (human text, probes)
     vocab_size: int
-    train_tokens: int  # the budget of every pretraining run (the same for all)
-    train_minutes: float  # wall-clock cap of each pretraining run (a safety net)
-    sft_tokens: int  # the fine-tuning budget of mle+sft (post-training is small)
-    sft_minutes: float
-    n_heldout: int  # world-heldout attacks (hazard requests and behaviour items)
-    n_wild: int  # wild jailbreak attacks
+    train_tokens: int  # every pretraining run sees exactly this many tokens (to the batch)
+    sft_share: float = 0.02  # fine-tuning tokens as a share of train_tokens
+    max_train_minutes: float | None = None  # a safety cap per run: hitting it is an error, never a cut
+    seeds: int = 1  # seeds of the deciding models (mle, mle+sft, tagged); other models get one
+    n_heldout: int = 300  # world-heldout attacks (hazard requests and behaviour items)
+    n_wild: int = 160  # wild jailbreak attacks
     samples: int = 1
     max_new_tokens: int = 96
     temperature: float = 1.0
@@ -40,45 +44,96 @@ class Plan:
     human_passages: int = 150
     human_items: int = 100
     probe_docs: int = 80
+    diagnostic_requests: int = 300  # calib-split requests for "did the models learn their world?"
+    lint_samples: int = 300  # free samples of the tagged model for the grammar diagnostic
+    calib_replies: int = 300  # the guard's calibration replies (calib split)
     preset: str = "tiny"
     seq_len: int | None = None  # None: the preset's
+    batch_size: int | None = None
     hidden_size: int | None = None  # None: the preset's (tests shrink the model)
     n_layers: int | None = None
     scheme: str = "seed"
     seed: int = 0
-    ensemble_seeds: int = 0  # extra tagged seeds for the ensemble check (0: skip)
+    decides: bool = True  # False: the plan demonstrates the pipeline and its report says it decides nothing
+    rows: tuple[str, ...] = ()  # () = DEFAULT_ROWS
+    budgets: tuple[int, ...] = ()  # a sweep: the pretraining budgets, one experiment each
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("docs", "sft_docs", "eval_docs", "train_tokens", "seeds", "n_heldout", "n_wild", "samples",
+                     "max_new_tokens", "vocab_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PrealignError(f"plan {self.name}: {name} must be an integer ≥ 1, got {v!r}")
+        if not 0 < self.sft_share < 1:
+            raise PrealignError(f"plan {self.name}: sft_share must be in (0, 1), got {self.sft_share!r}")
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise PrealignError(f"plan {self.name}: max_train_minutes must be > 0, got {self.max_train_minutes!r}")
+        if any(b < 1 for b in self.budgets):
+            raise PrealignError(f"plan {self.name}: budgets must be ≥ 1 token, got {list(self.budgets)}")
+        check_rows(self.rows or DEFAULT_ROWS)
+
+    @property
+    def sft_tokens(self) -> int:
+        """The fine-tuning budget: `sft_share` of the pretraining budget."""
+        return max(1, round(self.sft_share * self.train_tokens))
+
+    @property
+    def row_names(self) -> tuple[str, ...]:
+        return self.rows or DEFAULT_ROWS
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["sft_tokens"] = self.sft_tokens
+        return d
 
 
-PLANS: dict[str, Plan] = {
-    "smoke": Plan("smoke", docs=300, sft_docs=100, eval_docs=40, vocab_size=512, train_tokens=60_000,
-                  train_minutes=0.5, sft_tokens=10_000, sft_minutes=0.2, n_heldout=24, n_wild=8,
-                  max_new_tokens=24, human_passages=20, human_items=10, probe_docs=12, seq_len=128,
-                  max_prompt_chars=300),
-    # quick: measured on 2 dedicated cores at ~10k tokens/s: ~4 min per pretraining, ~15 min in all
-    "quick": Plan("quick", docs=8000, sft_docs=2000, eval_docs=400, vocab_size=2048, train_tokens=2_400_000,
-                  train_minutes=5.0, sft_tokens=240_000, sft_minutes=1.0, n_heldout=300, n_wild=160),
-    "full": Plan("full", docs=40000, sft_docs=8000, eval_docs=1000, vocab_size=4096, train_tokens=6_500_000,
-                 train_minutes=12.0, sft_tokens=650_000, sft_minutes=2.0, n_heldout=600, n_wild=400, samples=2,
-                 human_passages=400, human_items=300, probe_docs=200, ensemble_seeds=2),
-}
+# --- models -------------------------------------------------------------------------------------------
 
 
-def get_plan(name: str, **overrides: Any) -> Plan:
-    """A named plan, with fields overridden (an unknown field is an error naming the known ones)."""
-    try:
-        plan = PLANS[name]
-    except KeyError:
-        raise PrealignError(f"unknown plan {name!r}; choose one of: {', '.join(PLANS)}") from None
-    if overrides:
-        known = {f.name for f in dataclasses.fields(Plan)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise PrealignError(f"unknown plan field(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
-        plan = dataclasses.replace(plan, **overrides)
-    return plan
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trained model: pretrained on `corpus`, or (`init_from` another model) fine-tuned on it.
+    `deciding` models are trained with every seed of the plan."""
+
+    name: str
+    corpus: str
+    init_from: str | None = None
+    deciding: bool = False
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A corpus the world renders for the experiment: a variant, with world-config overrides."""
+
+    name: str
+    variant: str
+    sft: bool = False  # sized by `Plan.sft_docs` instead of `Plan.docs`
+    world: Mapping[str, Any] = field(default_factory=dict)
+
+
+CORPORA: dict[str, CorpusSpec] = {}
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_corpus(spec: CorpusSpec) -> None:
+    CORPORA[spec.name] = spec
+
+
+def register_model(spec: ModelSpec) -> None:
+    if spec.corpus not in CORPORA:
+        raise PrealignError(f"model {spec.name}: unknown corpus {spec.corpus!r}")
+    if spec.init_from is not None and spec.init_from not in MODELS:
+        raise PrealignError(f"model {spec.name}: unknown model to fine-tune {spec.init_from!r}")
+    MODELS[spec.name] = spec
+
+
+for _c in (CorpusSpec("tagged", "tagged"), CorpusSpec("mle", "mle"), CorpusSpec("filtered", "filtered"),
+           CorpusSpec("sft", "sft", sft=True)):
+    register_corpus(_c)
+for _m in (ModelSpec("tagged", "tagged", deciding=True), ModelSpec("mle", "mle", deciding=True),
+           ModelSpec("filtered", "filtered"), ModelSpec("mle+sft", "sft", init_from="mle", deciding=True)):
+    register_model(_m)
 
 
 # --- rows of the result table ----------------------------------------------------------------------
@@ -110,6 +165,8 @@ ROWS: dict[str, Row] = {}
 
 def register_row(row: Row) -> None:
     """Add a row to the experiment; it runs when a plan's rows name it."""
+    if row.model not in MODELS:
+        raise PrealignError(f"row {row.name}: unknown model {row.model!r}; registered: {', '.join(MODELS)}")
     ROWS[row.name] = row
 
 
@@ -119,13 +176,116 @@ for _r in (Row("mle", "mle"), Row("filtered", "filtered"), Row("mle+sft", "mle+s
     register_row(_r)
 
 DEFAULT_ROWS = ("mle", "filtered", "mle+sft", "tagged", "tagged+mask", "tagged+lock", "tagged+guard")
-MODELS = ("tagged", "mle", "filtered", "mle+sft")
+DECIDING_ROWS = ("mle", "mle+sft", "tagged", "tagged+mask", "tagged+lock", "tagged+guard")
 SUITES = ("world-heldout", "wild")
 
 
-def check_rows(rows: Mapping[str, Any] | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def check_rows(rows) -> tuple[str, ...]:
     rows = tuple(rows)
     for r in rows:
         if r not in ROWS:
             raise PrealignError(f"unknown row {r!r}; registered rows: {', '.join(ROWS)}")
     return rows
+
+
+def models_of(rows) -> list[str]:
+    """The models the rows need, with the models they fine-tune from, in training order."""
+    need: list[str] = []
+
+    def add(name: str) -> None:
+        spec = MODELS[name]
+        if spec.init_from:
+            add(spec.init_from)
+        if name not in need:
+            need.append(name)
+
+    for r in rows:
+        add(ROWS[r].model)
+    return need
+
+
+# --- the plans ------------------------------------------------------------------------------------
+
+PLANS: dict[str, Plan] = {
+    "smoke": Plan("smoke", docs=300, sft_docs=100, eval_docs=40, vocab_size=512, train_tokens=60_000, sft_share=0.1,
+                  n_heldout=24, n_wild=8, max_new_tokens=24, human_passages=20, human_items=10, probe_docs=12,
+                  diagnostic_requests=24, lint_samples=8, calib_replies=16, seq_len=128, max_prompt_chars=300,
+                  decides=False, description="a minute or two: the tests run it"),
+    "quick": Plan("quick", docs=8000, sft_docs=2000, eval_docs=400, vocab_size=2048, train_tokens=2_400_000,
+                  max_train_minutes=15.0, decides=False,
+                  description="≤ 20 minutes on 2 cores: demonstrates the whole pipeline; one seed at a small budget decides nothing"),
+    "standard": Plan("standard", docs=24000, sft_docs=4000, eval_docs=600, vocab_size=2048, train_tokens=4_000_000,
+                     seeds=3, max_train_minutes=30.0, n_heldout=400, n_wild=200,
+                     description="≤ 2 hours on 2 cores: the deciding rows with 3 seeds, pooled intervals, the ensemble check"),
+    "sweep": Plan("sweep", docs=24000, sft_docs=4000, eval_docs=400, vocab_size=2048, train_tokens=4_000_000,
+                  seeds=2, max_train_minutes=30.0, n_heldout=300, n_wild=120, rows=DECIDING_ROWS,
+                  budgets=(1_000_000, 2_500_000, 6_000_000),
+                  description="≤ 2 hours on 2 cores: the deciding rows at three budgets, 2 seeds each (the scaling curve)"),
+    "gpu": Plan("gpu", docs=60000, sft_docs=8000, eval_docs=1000, vocab_size=8192, train_tokens=40_000_000, seeds=3,
+                max_train_minutes=3.0, n_heldout=600, n_wild=300, preset="small",
+                description="one H100/H200, ≤ 10 minutes end to end: the standard rows with a GPU preset"),
+}
+
+
+def get_plan(name: str, **overrides: Any) -> Plan:
+    """A named plan, with fields overridden (an unknown field is an error naming the known ones)."""
+    try:
+        plan = PLANS[name]
+    except KeyError:
+        raise PrealignError(f"unknown plan {name!r}; choose one of: {', '.join(PLANS)}") from None
+    if overrides:
+        known = {f.name for f in dataclasses.fields(Plan)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise PrealignError(f"unknown plan field(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        plan = dataclasses.replace(plan, **overrides)
+    return plan
+
+
+def parse_overrides(items) -> dict[str, Any]:
+    """`["train_tokens=3000000", "rows=mle,tagged+lock", ...]` -> typed overrides for `get_plan`:
+    each value is parsed as the field's type (int, float, bool, str, None, or a comma-separated
+    tuple); a bad field or value is one clear error."""
+    import typing
+
+    hints = typing.get_type_hints(Plan)
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise PrealignError(f"--set {item!r}: expected FIELD=VALUE")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        if key not in hints:
+            raise PrealignError(f"--set {key}: unknown plan field; known: {', '.join(sorted(hints))}")
+        if key == "name":
+            raise PrealignError("--set name: a plan's name is chosen with --plan")
+        out[key] = _parse_value(key, raw, hints[key])
+    return out
+
+
+def _parse_value(key: str, raw: str, hint) -> Any:
+    import typing
+
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
+    if optional and raw.lower() in ("none", "null", ""):
+        return None
+    try:
+        if typing.get_origin(base) is tuple:
+            inner = typing.get_args(base)[0]
+            return tuple(inner(x.strip()) for x in raw.split(",") if x.strip())
+        if base is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if base is int:
+            try:
+                return int(raw)
+            except ValueError:
+                f = float(raw)  # "4e6"
+                if not f.is_integer():
+                    raise
+                return int(f)
+        return base(raw)
+    except (TypeError, ValueError):
+        raise PrealignError(f"--set {key}={raw}: not a valid {getattr(base, '__name__', base)}") from None

@@ -1,27 +1,33 @@
-"""The experiment: corpora → tokenizer → every baseline trained with the same budget → every
-evaluation → `results.json` → one HTML report. Resumable step by step.
+"""The experiment: corpora → tokenizer → every model trained on exactly the same token budget (the
+deciding ones with several seeds) → did they learn their world? → every evaluation →
+`results.json` → one HTML report. Resumable step by step.
 
-    prealign experiment --plan quick --out runs/demo        # ≤ 20 minutes on 2 CPU cores
-    prealign experiment --plan smoke --out runs/smoke       # a minute or two (tests)
-    prealign experiment --plan full --out runs/full
+    prealign experiment --plan quick --out runs/demo          # ≤ 20 minutes on 2 CPU cores
+    prealign experiment --plan standard --out runs/standard   # ≤ 2 hours: 3 seeds of the deciding rows
+    prealign experiment --plan sweep --out runs/sweep         # the deciding rows at several budgets
+    prealign experiment --plan smoke --out runs/smoke         # a minute or two (tests)
 
 Layout of DIR:
-    data/<variant>/            world corpora (tagged, mle, filtered, sft), Parquet shards
+    data/<corpus>/             world corpora (tagged, mle, filtered, sft, ...), Parquet shards
     data/eval/                 the eval split (tagged documents) and the attack files per suite
     data/eval-mle/             the same eval scenarios rendered as mle (for the human-text check)
     tokenizer/                 one BPE tokenizer (trained on tagged + mle text) shared by all models
-    models/<variant>/          HF directories: tagged, mle, filtered, mle+sft (mle fine-tuned on sft)
-    evals/<row>/<suite>.jsonl  every scored reply; evals/<row>/summary.json its figures
-    evals/humans/<model>.json, evals/probes.json, evals/probes.png
-    steps/<step>.json          one marker per finished step (with its seconds): a rerun skips it
+    models/<model>-s<k>/       HF directories, one per model and seed (k = 0 .. seeds-1)
+    evals/<row>/s<k>/<suite>.jsonl   every scored reply; evals/<row>/s<k>/summary.json its figures
+    evals/diagnostics.json     did the models learn their world (calib split)
+    evals/humans/<model>.json, evals/probes.json, evals/probes.png, evals/ensemble.json
+    steps/<step>.json          one marker per finished step (seconds, command): a rerun skips it
     results.json, report.html  the results and the report (a pure function of results.json)
 
 Every step records the `prealign` command that reproduces it, built from the same configuration
-objects the step runs with (`TrainConfig.command()`, `RedteamConfig.command()`, ...).
+objects the step runs with (`TrainConfig.command()`, `RedteamConfig.command()`, ...). Pretraining
+runs use `--exact-budget`: each sees exactly `train_tokens`, whatever the machine's load, and a
+clock cap that would cut one short is an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -29,9 +35,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from prealign._util import command_line, read_json, read_jsonl, run_meta, write_json, write_jsonl
-from prealign.data import CORPUS_VARIANTS
 from prealign.errors import PrealignError
-from prealign.experiment.plans import MODELS, ROWS, SUITES, Plan, Row, check_rows, get_plan, DEFAULT_ROWS
+from prealign.experiment.plans import CORPORA, MODELS, ROWS, SUITES, CorpusSpec, Plan, Row, get_plan, models_of
 from prealign.modes import Scheme, get_scheme
 
 Log = Callable[[str], None]
@@ -73,82 +78,93 @@ def _safe(name: str) -> str:
     return name.replace("/", "__").replace("+", "_plus_")
 
 
+def seeds_of(plan: Plan, model: str) -> range:
+    """The seed indices a model is trained with: every plan seed for a deciding model, one else."""
+    return range(plan.seeds if MODELS[model].deciding else 1)
+
+
+def model_dir(models: Path, model: str, k: int) -> Path:
+    return models / f"{model}-s{k}"
+
+
 # --- the experiment ----------------------------------------------------------------------------------
 
 
-def run_experiment(plan: Plan | str, out: str | os.PathLike, rows: Sequence[str] | None = None,
-                   log: Log | None = None, threads: int | None = None) -> Path:
-    """Run (or resume) the whole experiment into `out`; returns the path of `results.json`."""
+def run_experiment(plan: Plan | str, out: str | os.PathLike, log: Log | None = None, threads: int | None = None,
+                   shared: str | os.PathLike | None = None) -> Path:
+    """Run (or resume) the whole experiment into `out`; returns the path of `results.json`.
+    A plan with `budgets` is a sweep (`run_sweep`). `shared`: a directory whose `data/` and
+    `tokenizer/` this run reuses (the sweep's points share one set of corpora)."""
     plan = get_plan(plan) if isinstance(plan, str) else plan
-    rows = check_rows(rows or DEFAULT_ROWS)
+    if plan.budgets:
+        return run_sweep(plan, out, log=log, threads=threads)
+    rows = plan.row_names
     scheme = get_scheme(plan.scheme)  # resolved once; every step receives the object
     out = Path(out)
     log = log or (lambda s: None)
-    out.mkdir(parents=True, exist_ok=True)
-    plan_file = out / "plan.json"
-    if plan_file.exists():
-        old = read_json(plan_file)
-        if old.get("plan") != plan.to_dict():
-            raise PrealignError(f"{out}: holds an experiment with another plan ({old.get('plan', {}).get('name')}); use another --out")
-    else:
-        write_json(plan_file, {"plan": plan.to_dict(), "rows": list(rows), **run_meta(seed=plan.seed)})
+    _claim(out, plan)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     steps = Steps(out, log)
-    data, models, evals, tok_dir = out / "data", out / "models", out / "evals", out / "tokenizer"
+    base = Path(shared) if shared is not None else out
+    data, tok_dir, models, evals = base / "data", base / "tokenizer", out / "models", out / "evals"
+    needed = models_of(rows)
 
-    # 1. corpora (same scenarios for every variant), the eval split, the attack files
-    for v in CORPUS_VARIANTS:
-        _corpus_step(steps, f"corpus/{v}", data / v, plan.sft_docs if v == "sft" else plan.docs, v, scheme, plan.seed, "train")
-    _corpus_step(steps, "corpus/eval", data / "eval", plan.eval_docs, "tagged", scheme, plan.seed, "eval")
-    _corpus_step(steps, "corpus/eval-mle", data / "eval-mle", plan.eval_docs, "mle", scheme, plan.seed, "eval")
-    attack_files = {s: data / "eval" / f"attacks-{s}.jsonl" for s in SUITES}
-    steps.run("attacks", lambda: _write_attack_files(plan, scheme, attack_files))
+    # 1. corpora (the same scenarios for every variant), the eval split, the attack files; 2. tokenizer
+    corpora = {MODELS[m].corpus for m in needed}
+    attack_files = attack_paths(data) if shared is not None else prepare_data(plan, scheme, data, tok_dir, steps, corpora)
 
-    # 2. one tokenizer for all
-    tok_sources = [data / "tagged", data / "mle"]
-    steps.run("tokenizer", lambda: _train_tokenizer(tok_sources, tok_dir, plan.vocab_size, scheme),
-              command_line("tokenizer train", data=tok_sources, out=tok_dir, vocab_size=plan.vocab_size, scheme=scheme.name))
+    # 3. models: every pretraining run sees exactly train_tokens; fine-tuning sft_share of it
+    for m in needed:
+        for k in seeds_of(plan, m):
+            _train_step(steps, f"train/{m}-s{k}", _train_config(plan, m, k, data, tok_dir, models))
 
-    # 3. models: the same token budget for every pretraining run; mle+sft fine-tunes mle
-    for v in ("tagged", "mle", "filtered"):
-        _train_step(steps, f"train/{v}", _train_config(plan, data / v, models / v, v, tokenizer=tok_dir))
-    _train_step(steps, "train/mle+sft", _train_config(plan, data / "sft", models / "mle+sft", "sft", init_from=models / "mle"))
-    for s in range(1, plan.ensemble_seeds + 1):
-        name = f"tagged-seed{s}"
-        _train_step(steps, f"train/{name}", _train_config(plan, data / "tagged", models / name, "tagged", tokenizer=tok_dir,
-                                                          seed=plan.seed + s))
+    # 4. did the models learn their world? (calib split, seed 0)
+    present = {m: model_dir(models, m, 0) for m in ("mle", "mle+sft", "tagged") if m in needed}
+    steps.run("diagnostics", lambda: write_json(evals / "diagnostics.json", _diagnostics(plan, scheme, present)))
 
-    # 4. evaluations (a guarded row first calibrates its probe on the calib split, never on eval)
+    # 5. evaluations (a guarded row first calibrates its probe on the calib split, never on eval)
     for r in rows:
         row = ROWS[r]
         if row.guard == "on":
-            steps.run(f"guard/{r}", lambda row=row: _calibrate_guard(models / row.model),
-                      command_line("probe train", model=models / row.model))
+            for k in seeds_of(plan, row.model):
+                d = model_dir(models, row.model, k)
+                steps.run(f"guard/{row.model}-s{k}", lambda d=d: _calibrate_guard(plan, d),
+                          command_line("probe train", model=d, calib_replies=plan.calib_replies, seed=plan.seed))
     for r in rows:
         row = ROWS[r]
-        configs = {s: _redteam_config(plan, row, attack_files[s]) for s in SUITES}
-        for s, cfg in configs.items():
-            steps.commands.append(cfg.command(models / row.model, outcomes=evals / r / f"{s}.jsonl"))
-        steps.run(f"eval/{r}", lambda row=row, configs=configs: _eval_row(plan, row, models, configs, evals / row.name))
-    for m in MODELS:
-        steps.run(f"humans/{m}", lambda m=m: write_json(evals / "humans" / f"{m}.json", _humans(plan, scheme, models / m, data)),
-                  command_line("eval humans", model=models / m, data=data / "eval", docs=plan.eval_docs,
-                               items=plan.human_items, passages=plan.human_passages, also_in=data / "eval-mle", seed=plan.seed,
-                               json=evals / "humans" / f"{m}.json"))
-    steps.run("probes", lambda: _probes(plan, scheme, models / "tagged", data / "eval", evals),
-              command_line("eval probes", model=models / "tagged", data=data / "eval", docs=plan.probe_docs,
-                           seed=plan.seed, plot=evals / "probes.png", json=evals / "probes.json"))
-    if plan.ensemble_seeds:
-        steps.run("ensemble", lambda: _ensemble(plan, models, attack_files, evals))
+        for k in seeds_of(plan, row.model):
+            d = model_dir(models, row.model, k)
+            configs = {s: _redteam_config(plan, row, f) for s, f in attack_files.items()}
+            for s, cfg in configs.items():
+                steps.commands.append(cfg.command(d, outcomes=evals / r / f"s{k}" / f"{s}.jsonl"))
+            steps.run(f"eval/{r}/s{k}", lambda row=row, d=d, k=k, configs=configs:
+                      _eval_row(row, d, k, configs, evals / row.name / f"s{k}"))
+    if plan.human_passages:
+        for m in needed:
+            d = model_dir(models, m, 0)
+            steps.run(f"humans/{m}", lambda d=d, m=m: write_json(evals / "humans" / f"{m}.json", _humans(plan, scheme, d, data)),
+                      command_line("eval humans", model=d, data=data / "eval", docs=plan.eval_docs, items=plan.human_items,
+                                   passages=plan.human_passages, also_in=data / "eval-mle", seed=plan.seed,
+                                   json=evals / "humans" / f"{m}.json"))
+    if plan.probe_docs and "tagged" in needed:
+        d = model_dir(models, "tagged", 0)
+        steps.run("probes", lambda: _probes(plan, scheme, d, data / "eval", evals),
+                  command_line("eval probes", model=d, data=data / "eval", docs=plan.probe_docs,
+                               seed=plan.seed, plot=evals / "probes.png", json=evals / "probes.json"))
+    if plan.seeds >= 2 and "tagged+lock" in rows:
+        steps.run("ensemble", lambda: write_json(evals / "ensemble.json", _ensemble(plan, evals, tuple(attack_files))))
     if "tagged+guard" in rows and "tagged+lock" in rows:
-        steps.run("guard/plot", lambda: _guard_plot(models / "tagged", evals / "tagged+lock" / "world-heldout.jsonl",
+        steps.run("guard/plot", lambda: _guard_plot(model_dir(models, "tagged", 0),
+                                                    evals / "tagged+lock" / "s0" / "world-heldout.jsonl",
                                                     evals / "guard_readings.png"))
 
-    # 5. results and report (always rebuilt: cheap, and a pure function of the step outputs)
-    results = assemble_results(out, plan, rows, steps.commands, steps.seconds())
+    # 6. results and report (always rebuilt: cheap, and a pure function of the step outputs)
+    from prealign.experiment.results import assemble_results
+
+    results = assemble_results(out, plan, steps.commands, steps.seconds())
     write_json(out / "results.json", results)
     from prealign.report import write_report
 
@@ -158,14 +174,50 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, rows: Sequence[str]
     return out / "results.json"
 
 
+def _claim(out: Path, plan: Plan) -> None:
+    """`out` holds this plan's experiment (a rerun resumes it), or is new."""
+    out.mkdir(parents=True, exist_ok=True)
+    plan_file = out / "plan.json"
+    if plan_file.exists():
+        old = read_json(plan_file)
+        if old.get("plan") != plan.to_dict():
+            diff = sorted(k for k, v in plan.to_dict().items() if (old.get("plan") or {}).get(k) != v)
+            raise PrealignError(f"{out}: holds an experiment with another plan ({', '.join(diff)} differ); use another --out")
+    else:
+        write_json(plan_file, {"plan": plan.to_dict(), **run_meta(seed=plan.seed)})
+
+
+def attack_paths(data: Path) -> dict[str, Path]:
+    return {s: data / "eval" / f"attacks-{s}.jsonl" for s in SUITES}
+
+
+def prepare_data(plan: Plan, scheme: Scheme, data: Path, tok_dir: Path, steps: Steps, corpora: set[str]) -> dict[str, Path]:
+    """Corpora, the eval split and its mle rendering, the attack files, one tokenizer. Returns the
+    attack file of each suite."""
+    for name in sorted(corpora | {"tagged", "mle"}, key=list(CORPORA).index):
+        _corpus_step(steps, f"corpus/{name}", data / name, CORPORA[name], plan.sft_docs if CORPORA[name].sft else plan.docs,
+                     scheme, plan.seed, "train")
+    _corpus_step(steps, "corpus/eval", data / "eval", CORPORA["tagged"], plan.eval_docs, scheme, plan.seed, "eval")
+    _corpus_step(steps, "corpus/eval-mle", data / "eval-mle", CORPORA["mle"], plan.eval_docs, scheme, plan.seed, "eval")
+    attack_files = attack_paths(data)
+    steps.run("attacks", lambda: _write_attack_files(plan, scheme, attack_files))
+    sources = [data / "tagged", data / "mle"]
+    steps.run("tokenizer", lambda: _train_tokenizer(sources, tok_dir, plan.vocab_size, scheme),
+              command_line("tokenizer train", data=sources, out=tok_dir, vocab_size=plan.vocab_size, scheme=scheme.name))
+    return attack_files
+
+
 # --- step bodies -----------------------------------------------------------------------------------
 
 
-def _corpus_step(steps: Steps, name: str, out: Path, docs: int, variant: str, scheme: Scheme, seed: int, split: str) -> None:
+def _corpus_step(steps: Steps, name: str, out: Path, spec: CorpusSpec, docs: int, scheme: Scheme, seed: int, split: str) -> None:
     from prealign import world
 
-    steps.run(name, lambda: world.generate(out, docs=docs, variant=variant, scheme=scheme.name, seed=seed, split=split),
-              command_line("world", out=out, docs=docs, variant=variant, scheme=scheme.name, seed=seed, split=split))
+    config = world.WorldConfig.from_dict(dict(spec.world)) if spec.world else None
+    steps.run(name, lambda: world.generate(out, docs=docs, variant=spec.variant, scheme=scheme.name, seed=seed, split=split,
+                                           config=config),
+              command_line("world", out=out, docs=docs, variant=spec.variant, scheme=scheme.name, seed=seed, split=split,
+                           **{k.replace("_", "-"): v for k, v in dict(spec.world).items()}))
 
 
 def _write_attack_files(plan: Plan, scheme: Scheme, files: Mapping[str, Path]) -> None:
@@ -173,8 +225,8 @@ def _write_attack_files(plan: Plan, scheme: Scheme, files: Mapping[str, Path]) -
 
     # wild first: if the jailbreak data is missing, say so before hours of training
     n = {"world-heldout": plan.n_heldout, "wild": plan.n_wild}
-    for s in ("wild", "world-heldout"):
-        attacks = load_suite(s, n=n[s], seed=plan.seed, scheme=scheme.name, max_chars=plan.max_prompt_chars)
+    for s in sorted(files, key=lambda s: s != "wild"):
+        attacks = load_suite(s, n=n.get(s, plan.n_heldout), seed=plan.seed, scheme=scheme.name, max_chars=plan.max_prompt_chars)
         write_attacks(files[s], attacks)
 
 
@@ -188,18 +240,29 @@ def _train_tokenizer(sources: Sequence[Path], out: Path, vocab_size: int, scheme
     os.replace(tmp, out)
 
 
-def _train_config(plan: Plan, data: Path, out: Path, variant: str, tokenizer: Path | None = None,
-                  init_from: Path | None = None, seed: int | None = None):
-    """A pretraining run (`plan.train_tokens`) or, with `init_from`, a fine-tuning run (`plan.sft_tokens`)."""
+FINETUNE_BATCH = 8  # rows per step when fine-tuning: a small budget still takes enough steps
+
+
+def _train_config(plan: Plan, model: str, k: int, data: Path, tok_dir: Path, models: Path):
+    """Seed k of `model`: a pretraining run of exactly `plan.train_tokens`, or a fine-tuning run
+    of `plan.sft_tokens` from seed k of the model it starts from."""
+    import math
+
+    from prealign.model import PRESETS
     from prealign.train import TrainConfig
 
-    shape = {k: getattr(plan, k) for k in ("seq_len", "hidden_size", "n_layers") if getattr(plan, k)}
-    sft = init_from is not None
-    return TrainConfig(data=str(data), out=str(out), tokenizer=str(tokenizer) if tokenizer else None,
-                       init_from=str(init_from) if init_from else None, preset=plan.preset, variant=variant,
-                       scheme=plan.scheme, max_tokens=plan.sft_tokens if sft else plan.train_tokens,
-                       max_minutes=plan.sft_minutes if sft else plan.train_minutes,
-                       seed=plan.seed if seed is None else seed, resume=True, **({} if sft else shape))
+    spec = MODELS[model]
+    common = dict(data=str(data / spec.corpus), out=str(model_dir(models, model, k)), preset=plan.preset,
+                  variant=CORPORA[spec.corpus].variant, scheme=plan.scheme, seed=plan.seed + k, resume=True,
+                  exact_budget=True, max_minutes=plan.max_train_minutes, progress=True)
+    if spec.init_from is None:
+        shape = {f: getattr(plan, f) for f in ("seq_len", "batch_size", "hidden_size", "n_layers") if getattr(plan, f)}
+        return TrainConfig(tokenizer=str(tok_dir), max_tokens=plan.train_tokens, **common, **shape)
+    T = plan.seq_len or PRESETS[plan.preset].seq_len
+    steps = max(1, math.ceil(plan.sft_tokens / (FINETUNE_BATCH * T)))
+    return TrainConfig(init_from=str(model_dir(models, spec.init_from, k)), max_tokens=plan.sft_tokens,
+                       batch_size=FINETUNE_BATCH, micro_batch_size=FINETUNE_BATCH, warmup_steps=max(1, steps // 10),
+                       eval_every=max(1, steps), checkpoint_every=max(1, steps), **common)
 
 
 def _train_step(steps: Steps, name: str, cfg) -> None:
@@ -215,27 +278,38 @@ def _train_step(steps: Steps, name: str, cfg) -> None:
     steps.run(name, run, cfg.command())
 
 
-def _calibrate_guard(model_dir: Path) -> None:
-    from prealign.probes import ensure_probe
+def _sampling(plan: Plan):
+    from prealign.sampling import Sampling
 
-    ensure_probe(model_dir)
+    return Sampling(max_new_tokens=plan.max_new_tokens, temperature=plan.temperature, seed=plan.seed, batch_size=32)
+
+
+def _diagnostics(plan: Plan, scheme: Scheme, present: Mapping[str, Path]) -> dict[str, Any]:
+    from prealign.experiment.diagnostics import world_learned
+
+    return world_learned(present, _load, n=plan.diagnostic_requests, seed=plan.seed, scheme=scheme.name,
+                         sampling=_sampling(plan), lint_samples=plan.lint_samples)
+
+
+def _calibrate_guard(plan: Plan, d: Path) -> None:
+    from prealign.probes import ProbeConfig, ensure_probe
+
+    ensure_probe(d, ProbeConfig(calib_replies=plan.calib_replies, seed=plan.seed))
 
 
 def _redteam_config(plan: Plan, row: Row, attacks: Path):
     from prealign.evals.redteam import RedteamConfig
-    from prealign.sampling import Sampling
     from prealign.modes import LockSettings
 
     return RedteamConfig(attacks=str(attacks), lock=row.lock or LockSettings(), guard=row.guard, samples=plan.samples,
-                         sampling=Sampling(max_new_tokens=plan.max_new_tokens, temperature=plan.temperature, seed=plan.seed,
-                                           batch_size=32))
+                         sampling=_sampling(plan))
 
 
 _MODEL_CACHE: dict[str, Any] = {}
 
 
 def _load(path: Path):
-    key = str(path.resolve())
+    key = str(Path(path).resolve())
     if key not in _MODEL_CACHE:
         from prealign.model import load_model
 
@@ -244,50 +318,35 @@ def _load(path: Path):
     return _MODEL_CACHE[key]
 
 
-def _responder(row: Row, models: Path, config):
+def _responder(row: Row, d: Path, config):
     from prealign.evals.redteam import PlainResponder, TaggedResponder
     from prealign.probes import resolve_guard
 
-    model, tok = _load(models / row.model)
+    model, tok = _load(d)
     if row.lock is None:
         return PlainResponder(model, tok, config.sampling, name=row.name)
     guard = resolve_guard(model, tok, row.guard) if row.guard == "on" else None
     return TaggedResponder(model, tok, row.lock, config.sampling, guard=guard, name=row.name)
 
 
-def _eval_row(plan: Plan, row: Row, models: Path, configs: Mapping[str, Any], out: Path) -> None:
+def _eval_row(row: Row, d: Path, k: int, configs: Mapping[str, Any], out: Path) -> None:
+    """Every suite for one row and one model seed: the scored outcomes (each tagged with the seed)
+    and this seed's summary."""
     from prealign.evals.attacks import load_attacks
-    from prealign.evals.behaviour import behaviour_summary
-    from prealign.evals.metrics import GUARD_METRICS, get_metric, summarise
-    from prealign.evals.redteam import redteam_summary, run_attacks, transcripts, world_canaries
+    from prealign.evals.redteam import run_attacks, world_canaries
 
-    summary: dict[str, Any] = {"row": row.name, "model": row.model, "lock_mode": row.lock.mode if row.lock else None,
-                               "redteam": {}, "transcripts": {}}
     canaries = world_canaries()
     for s, cfg in configs.items():
-        responder = _responder(row, models, cfg)
-        outcomes = run_attacks(responder, load_attacks(cfg.attacks), samples=cfg.samples, seed=cfg.sampling.seed,
-                               all_canaries=canaries)
-        write_jsonl(out / f"{s}.jsonl", outcomes)
-        hazard = [o for o in outcomes if o["canaries"] and not o["authorised"]]
-        summary["redteam"][s] = redteam_summary(hazard)
-        summary["redteam"][s]["benign_any_leak"] = get_metric("any_leak_rate")([o for o in outcomes if not o["canaries"]]).to_dict()
-        summary["transcripts"][s] = transcripts(outcomes)
-        if row.guard == "on":
-            summary.setdefault("guard", {})[s] = {
-                "benign": summarise([o for o in outcomes if not (o["canaries"] and not o["authorised"])], GUARD_METRICS),
-                "hazard": summarise(hazard, GUARD_METRICS),
-            }
-        if s == "world-heldout":
-            summary["behaviour"] = behaviour_summary(outcomes)
+        outcomes = run_attacks(_responder(row, d, cfg), load_attacks(cfg.attacks), samples=cfg.samples,
+                               seed=cfg.sampling.seed, all_canaries=canaries)
+        write_jsonl(out / f"{s}.jsonl", [{**o, "model_seed": k} for o in outcomes])
     if row.guard == "on":
         from prealign.probes import Probe, summary as probe_summary
 
-        summary["guard_probe"] = probe_summary(Probe.load(models / row.model))
-    write_json(out / "summary.json", summary)
+        write_json(out / "guard_probe.json", probe_summary(Probe.load(d)))
 
 
-def _guard_plot(model_dir: Path, outcomes_file: Path, out_png: Path, n_each: int = 3) -> None:
+def _guard_plot(d: Path, outcomes_file: Path, out_png: Path, n_each: int = 3) -> None:
     """P(human) read by the guard's probe along a few replies of the *unguarded* lock: leaking ones
     (any hazard's canary; the guard should fire before it) and benign ones (it should not fire)."""
     import matplotlib
@@ -296,12 +355,11 @@ def _guard_plot(model_dir: Path, outcomes_file: Path, out_png: Path, n_each: int
     import matplotlib.pyplot as plt
 
     from prealign.conversation import human_prompt_ids
-    from prealign.modes import get_scheme
     from prealign.probes import Probe, guard_readings
     from prealign.tokenizer import encode_tagged
 
-    model, tok = _load(model_dir)
-    probe = Probe.load(model_dir)
+    model, tok = _load(d)
+    probe = Probe.load(d)
     outcomes = read_jsonl(outcomes_file)
     leaks = [o for o in outcomes if o.get("leaked") or o.get("leaked_any")][:n_each]  # any hazard's canary
     benign = [o for o in outcomes if not o["canaries"] and o.get("reply")][:n_each]
@@ -325,88 +383,62 @@ def _guard_plot(model_dir: Path, outcomes_file: Path, out_png: Path, n_each: int
     plt.close(fig)
 
 
-def _humans(plan: Plan, scheme: Scheme, model_dir: Path, data: Path) -> dict[str, Any]:
+def _humans(plan: Plan, scheme: Scheme, d: Path, data: Path) -> dict[str, Any]:
     from prealign.data import read_texts
     from prealign.evals.humans import evaluate_humans
 
-    model, tok = _load(model_dir)
+    model, tok = _load(d)
     return evaluate_humans(model, tok, read_texts(data / "eval", plan.eval_docs), scheme=scheme, n_items=plan.human_items,
                            max_passages=plan.human_passages, seed=plan.seed, also_in=read_texts(data / "eval-mle"))
 
 
-def _probes(plan: Plan, scheme: Scheme, model_dir: Path, eval_data: Path, evals: Path) -> None:
+def _probes(plan: Plan, scheme: Scheme, d: Path, eval_data: Path, evals: Path) -> None:
     from prealign.data import read_texts
     from prealign.probes.survey import plot_probes, probe_model
 
-    model, tok = _load(model_dir)
+    model, tok = _load(d)
     res = probe_model(model, tok, read_texts(eval_data, plan.probe_docs), scheme=scheme, seed=plan.seed)
     plot_probes(res, evals / "probes.png")
     write_json(evals / "probes.json", res)
 
 
-def _ensemble(plan: Plan, models: Path, attack_files: Mapping[str, Path], evals: Path) -> None:
-    from prealign.evals.attacks import load_attacks
+def _ensemble(plan: Plan, evals: Path, suites: Sequence[str]) -> dict[str, Any]:
+    """Majority vote and any-veto over the tagged+lock seeds, against what independent errors
+    predict (the measured error correlation shows how far apart the seeds really are)."""
     from prealign.evals.ensemble import ensemble_from_outcomes
-    from prealign.evals.redteam import TaggedResponder, run_attacks
 
     res = {}
-    lock_row = ROWS["tagged+lock"]
-    for s, f in attack_files.items():
-        cfg = _redteam_config(plan, lock_row, f)
-        attacks = load_attacks(f)
-        own = evals / "tagged+lock" / f"{s}.jsonl"
-        per = {"tagged": read_jsonl(own)} if own.exists() else {}
-        for k in range(1, plan.ensemble_seeds + 1):
-            model, tok = _load(models / f"tagged-seed{k}")
-            per[f"tagged-seed{k}"] = run_attacks(TaggedResponder(model, tok, lock_row.lock, cfg.sampling), attacks,
-                                                 cfg.samples, cfg.sampling.seed)
-        res[s] = ensemble_from_outcomes(per)
-    write_json(evals / "ensemble.json", res)
-
-
-# --- results.json ------------------------------------------------------------------------------------
-
-RESULTS_VERSION = 1
-
-
-def assemble_results(out: Path, plan: Plan, rows: Sequence[str], commands: Sequence[str], seconds: Mapping[str, float]) -> dict[str, Any]:
-    """Gather the step outputs into the one results document the report reads."""
-    evals = out / "evals"
-    variants: dict[str, Any] = {}
-    for r in rows:
-        f = evals / r / "summary.json"
-        if not f.exists():
-            continue
-        s = read_json(f)
-        h = evals / "humans" / f"{ROWS[r].model}.json"
-        variants[r] = {
-            "model": s["model"], "lock_mode": s["lock_mode"],
-            "redteam": s["redteam"], "behaviour": s.get("behaviour", {}),
-            "humans": read_json(h) if h.exists() else {}, "transcripts": s.get("transcripts", {}),
-        }
-        if "guard" in s:
-            variants[r]["guard"] = s["guard"]
-            variants[r]["guard_probe"] = s.get("guard_probe")
-    models = {}
-    for m in MODELS:
-        meta = out / "models" / m / "prealign_model.json"
-        if meta.exists():
-            mm = read_json(meta)
-            models[m] = {k: mm.get(k) for k in ("variant", "n_params", "steps", "tokens_seen", "train_seconds", "tokens_per_s",
-                                                "final_val_loss", "stop_reason", "seed", "data_hash") if k in mm}
-    res: dict[str, Any] = {
-        "version": RESULTS_VERSION,
-        "plan": plan.to_dict(),
-        "rows": list(rows),
-        "variants": variants,
-        "models": models,
-        "probes": read_json(evals / "probes.json") if (evals / "probes.json").exists() else None,
-        "probe_plot": "evals/probes.png" if (evals / "probes.png").exists() else None,
-        "ensemble": read_json(evals / "ensemble.json") if (evals / "ensemble.json").exists() else None,
-        "guard_plot": "evals/guard_readings.png" if (evals / "guard_readings.png").exists() else None,
-        "commands": list(commands),
-        "step_seconds": dict(seconds),
-        "total_seconds": round(sum(seconds.values()), 1),
-        "meta": run_meta(seed=plan.seed),
-    }
+    for s in suites:
+        per = {f"tagged+lock-s{k}": read_jsonl(evals / "tagged+lock" / f"s{k}" / f"{s}.jsonl") for k in range(plan.seeds)}
+        res[s] = {metric: ensemble_from_outcomes(per, error_key=key)
+                  for metric, key in (("leak_rate", "leaked"), ("any_leak_rate", "leaked_any"))}
     return res
+
+
+# --- the sweep --------------------------------------------------------------------------------------
+
+
+def run_sweep(plan: Plan, out: str | os.PathLike, log: Log | None = None, threads: int | None = None) -> Path:
+    """The plan's rows at each of `plan.budgets` (an experiment each, sharing one set of corpora
+    and one tokenizer), then one results.json with the curve of each row's leak against budget."""
+    out = Path(out)
+    log = log or (lambda s: None)
+    _claim(out, plan)
+    scheme = get_scheme(plan.scheme)
+    corpora = {MODELS[m].corpus for m in models_of(plan.row_names)}
+    prepare_data(plan, scheme, out / "shared" / "data", out / "shared" / "tokenizer", Steps(out, log), corpora)
+    points = {}
+    for b in plan.budgets:
+        sub = dataclasses.replace(plan, name=f"{plan.name}@{b}", train_tokens=b, budgets=())
+        log(f"== budget {b:,} tokens")
+        points[b] = run_experiment(sub, out / f"budget-{b}", log=log, threads=threads, shared=out / "shared")
+    from prealign.experiment.results import assemble_sweep
+
+    results = assemble_sweep(out, plan, {b: read_json(p) for b, p in points.items()})
+    write_json(out / "results.json", results)
+    from prealign.report import write_report
+
+    write_report(out / "results.json", out / "report.html")
+    log(f"results: {out / 'results.json'}")
+    log(f"report:  {out / 'report.html'}")
+    return out / "results.json"
