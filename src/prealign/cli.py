@@ -23,11 +23,19 @@ app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register() -> None:
+    """Add every area's verbs to `app`, once per process (main() may be called many times)."""
+    global _registered
+    if _registered:
+        return
     from prealign._cli import evals, foundation, generate, probe, synth, train, world
 
     for area in (foundation, world, train, generate, probe, evals, synth):
         area.register(app)
+    _registered = True
 
 
 def _quiet_libraries() -> None:
