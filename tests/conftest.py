@@ -7,7 +7,11 @@ offline in a second), and the `slow` marker.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers draws one per weight load
 
 from prealign.modes import get_scheme
 

@@ -208,6 +208,30 @@ def probes(
         write_json(json_out, res)
 
 
+@eval_app.command("grammar")
+def grammar(
+    model: str = typer.Option(..., "--model", help="Tagged model directory."),
+    samples: int = typer.Option(300, "--samples", help="Free samples from BOS."),
+    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="A sample that has not ended by then is incomplete."),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    seed: int = O.SEED,
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the figures (and a few failing samples) as JSON here."),
+) -> None:
+    """Did a tagged model learn its grammar? Lint-clean rate of complete free samples (no lock, no prompt)."""
+    from prealign._util import write_json
+    from prealign.evals.grammar import free_sample_lint
+    from prealign.evals.metrics import fmt_rate
+    from prealign.model import load_model
+
+    m, tok = load_model(model)
+    res = free_sample_lint(m, tok, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    print(f"lint-clean: {fmt_rate(res['lint_clean'])} of complete samples ({res['complete']}/{res['samples']} complete)")
+    print(f"  within the {res['context']}-token context: {fmt_rate(res['within_context'])}; beyond: {fmt_rate(res['beyond_context'])}")
+    print(f"  problems by kind: {res['problems_by_code']}")
+    if json_out:
+        write_json(json_out, res)
+
+
 @eval_app.command("ensemble")
 def ensemble(
     outcomes: List[str] = typer.Argument(..., help="Outcome JSONL files (from `eval redteam --outcomes`), one per model."),

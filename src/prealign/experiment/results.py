@@ -36,7 +36,7 @@ def budgets(plan: Plan, models: Mapping[str, Mapping[str, Any]]) -> dict[str, An
            MODELS[n.rsplit("-s", 1)[0]].init_from is None}
     fine = {n: m["tokens_seen"] for n, m in models.items() if n not in pre}
     spread = (max(pre.values()) - min(pre.values())) / max(pre.values()) if pre else 0.0
-    equal = spread <= BUDGET_TOLERANCE
+    equal = bool(pre) and spread <= BUDGET_TOLERANCE  # no pretraining record: nothing to compare
     share = (sum(fine.values()) / len(fine)) / (sum(pre.values()) / len(pre)) if fine and pre else None
     return {"pretraining": pre, "finetuning": fine, "planned_pretraining": plan.train_tokens,
             "planned_finetuning": plan.sft_tokens, "sft_share_planned": plan.sft_share,

@@ -28,6 +28,7 @@ clock cap that would cut one short is an error.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -180,8 +181,9 @@ def _claim(out: Path, plan: Plan) -> None:
     plan_file = out / "plan.json"
     if plan_file.exists():
         old = read_json(plan_file)
-        if old.get("plan") != plan.to_dict():
-            diff = sorted(k for k, v in plan.to_dict().items() if (old.get("plan") or {}).get(k) != v)
+        want = json.loads(json.dumps(plan.to_dict()))  # as stored (tuples become lists)
+        if old.get("plan") != want:
+            diff = sorted(k for k, v in want.items() if (old.get("plan") or {}).get(k) != v)
             raise PrealignError(f"{out}: holds an experiment with another plan ({', '.join(diff)} differ); use another --out")
     else:
         write_json(plan_file, {"plan": plan.to_dict(), **run_meta(seed=plan.seed)})
