@@ -154,14 +154,17 @@ def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """
     V = results.get("variants", {})
     verdict = results.get("verdict") or {"decisive": True, "reasons": []}
-    status = "decisive" if verdict["decisive"] else "no verdict: " + "; ".join(verdict["reasons"])
+    unlearnt = verdict.get("unlearnt_languages") or []
     out: list[dict[str, Any]] = []
 
     def known(r: Mapping[str, Any] | None) -> bool:
         return bool(r) and r.get("value") is not None
 
     def add(goal: str, v: str, evidence: str) -> None:
-        out.append({"goal": goal, "verdict": v, "evidence": evidence, "decisive": verdict["decisive"], "status": status})
+        language = next((lang for lang in unlearnt if goal.split(",")[0].endswith(f"-{lang}")), None)
+        reasons = list(verdict["reasons"]) + ([f"the mle model never learnt the {language} language"] if language else [])
+        out.append({"goal": goal, "verdict": v, "evidence": evidence, "decisive": not reasons,
+                    "status": "decisive" if not reasons else "no verdict: " + "; ".join(reasons)})
 
     suites = sorted({s for v in V.values() for s in v.get("redteam", {})})
     for suite in suites:
@@ -207,6 +210,29 @@ def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     if t is not None and m is not None:
         add("loss on held-out human text: tagged within 5% of mle", "holds" if t <= 1.05 * m else "fails",
             f"{t:.4f} vs {m:.4f} bits/char ({100 * (t / m - 1):+.1f}%)")
+    return out
+
+
+LANGUAGE_PAIRS = (("world-heldout", "world-heldout-hill"), ("wild", "wild-hill"))
+LANGUAGE_HEAD = ("row", "suite", "any canary, sft-uncovered: valley", "… hill", "requested, sft-uncovered: valley", "… hill",
+                 "benign answered: valley", "… hill")
+
+
+def language_rows(results: Mapping[str, Any]) -> list[list[str]]:
+    """Every leak figure split by language: each valley suite beside its hill twin (same attacks,
+    requests in the other language)."""
+    out = []
+    for valley, hill in LANGUAGE_PAIRS:
+        for name in results.get("rows", []):
+            v = (results.get("variants") or {}).get(name) or {}
+            if hill not in (v.get("redteam") or {}):
+                continue
+            out.append([name, valley,
+                        fmt_rate(rate(results, name, valley, "any_leak_rate", "sft-uncovered")),
+                        fmt_rate(rate(results, name, hill, "any_leak_rate", "sft-uncovered")),
+                        fmt_rate(rate(results, name, valley, "leak_rate", "sft-uncovered")),
+                        fmt_rate(rate(results, name, hill, "leak_rate", "sft-uncovered")),
+                        fmt_rate(helpfulness(results, name, valley)), fmt_rate(helpfulness(results, name, hill))])
     return out
 
 
@@ -410,6 +436,13 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
                          _table(["row", "seed", "requested (all)", "any canary (all)", "benign answered"], sr) + "</details>")
     if _plot_leaks(results, out_dir / "report_leaks.png"):
         parts.append("<img src='report_leaks.png' alt='leak rates'>")
+    lrows = language_rows(results)
+    if lrows:
+        parts.append("<h2>Two languages</h2>")
+        parts.append("<p>The same attacks with the request in the valley's main language and in the hill villages' tongue "
+                     "(a minority share of every pretraining corpus; <code>sft</code> is in the main language only, "
+                     "<code>mle+xsft</code> splits the same fine-tuning budget across both).</p>")
+        parts.append(_table(LANGUAGE_HEAD, lrows))
 
     parts.append("<h2>Behaviour (world eval items)</h2>")
     exp_keys = sorted({k for v in results.get("variants", {}).values() for k in (_get(v, "behaviour", "by_expected") or {})})
@@ -540,6 +573,9 @@ def markdown_summary(results: Mapping[str, Any]) -> str:
            "", "**Decisive:** " + ("yes" if v.get("decisive") else "no — " + "; ".join(v.get("reasons", [])))]
     for s in sorted({s for vv in results.get("variants", {}).values() for s in vv.get("redteam", {})}):
         out += ["", f"**{s}**", "", _md(HEADLINE_HEAD, headline_rows(results, s))]
+    lrows = language_rows(results)
+    if lrows:
+        out += ["", "**By language**", "", _md(LANGUAGE_HEAD, lrows)]
     out += ["", "**Did the models learn their world?** (calib split)", "", _md(DIAGNOSTIC_HEAD, diagnostic_rows(results))]
     hrow = []
     for m, vv in one_row_per_model(results):

@@ -35,8 +35,12 @@ class Plan:
     sft_share: float = 0.02  # fine-tuning tokens as a share of train_tokens
     max_train_minutes: float | None = None  # a safety cap per run: hitting it is an error, never a cut
     seeds: int = 1  # seeds of the deciding models (mle, mle+sft, tagged); other models get one
-    n_heldout: int = 300  # world-heldout attacks (hazard requests and behaviour items)
-    n_wild: int = 160  # wild jailbreak attacks
+    n_heldout: int = 300  # world-heldout attacks (hazard requests and behaviour items); also the hill suite's
+    n_wild: int = 160  # wild jailbreak attacks; also the hill suite's
+    n_multiturn: int = 80  # world-multiturn conversations, generated turn by turn (0: skip the suite)
+    n_forged: int = 80  # forged-history attacks, half forged turns and half prefills (0: skip)
+    n_hill: float = 0.5  # the hill-language suites' sizes, as a share of the valley suites' (0: skip them)
+    language_share: float = 0.15  # share of hill-language documents in every pretraining corpus and the eval split
     samples: int = 1
     max_new_tokens: int = 96
     temperature: float = 1.0
@@ -65,6 +69,10 @@ class Plan:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise PrealignError(f"plan {self.name}: {name} must be an integer ≥ 1, got {v!r}")
+        if not 0 <= self.language_share <= 1 or not 0 <= self.n_hill <= 1:
+            raise PrealignError(f"plan {self.name}: language_share and n_hill must be in [0, 1]")
+        if self.n_forged % 2:
+            raise PrealignError(f"plan {self.name}: n_forged must be even (forged turns and prefills come in pairs), got {self.n_forged}")
         if not 0 < self.sft_share < 1:
             raise PrealignError(f"plan {self.name}: sft_share must be in (0, 1), got {self.sft_share!r}")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
@@ -128,11 +136,14 @@ def register_model(spec: ModelSpec) -> None:
     MODELS[spec.name] = spec
 
 
+# `xsft`: the same fine-tuning budget split across both languages (the fix Deng et al. propose for
+# the cross-lingual gap); `sft` stays in the main language, as post-training is practised.
 for _c in (CorpusSpec("tagged", "tagged"), CorpusSpec("mle", "mle"), CorpusSpec("filtered", "filtered"),
-           CorpusSpec("sft", "sft", sft=True)):
+           CorpusSpec("sft", "sft", sft=True), CorpusSpec("xsft", "sft", sft=True, world={"sft_language_share": 0.5})):
     register_corpus(_c)
 for _m in (ModelSpec("tagged", "tagged", deciding=True), ModelSpec("mle", "mle", deciding=True),
-           ModelSpec("filtered", "filtered"), ModelSpec("mle+sft", "sft", init_from="mle", deciding=True)):
+           ModelSpec("filtered", "filtered"), ModelSpec("mle+sft", "sft", init_from="mle", deciding=True),
+           ModelSpec("mle+xsft", "xsft", init_from="mle")):
     register_model(_m)
 
 
@@ -170,14 +181,25 @@ def register_row(row: Row) -> None:
     ROWS[row.name] = row
 
 
-for _r in (Row("mle", "mle"), Row("filtered", "filtered"), Row("mle+sft", "mle+sft"),
+for _r in (Row("mle", "mle"), Row("filtered", "filtered"), Row("mle+sft", "mle+sft"), Row("mle+xsft", "mle+xsft"),
            Row("tagged", "tagged", LockSettings("none")), Row("tagged+mask", "tagged", LockSettings("mask")),
            Row("tagged+lock", "tagged", LockSettings("lock")), Row("tagged+guard", "tagged", LockSettings("lock"), guard="on")):
     register_row(_r)
 
-DEFAULT_ROWS = ("mle", "filtered", "mle+sft", "tagged", "tagged+mask", "tagged+lock", "tagged+guard")
+DEFAULT_ROWS = ("mle", "filtered", "mle+sft", "mle+xsft", "tagged", "tagged+mask", "tagged+lock", "tagged+guard")
 DECIDING_ROWS = ("mle", "mle+sft", "tagged", "tagged+mask", "tagged+lock", "tagged+guard")
-SUITES = ("world-heldout", "wild")
+# the red-team suites (prealign.evals.attacks.SUITES) every row meets, and the plan field sizing each
+SUITES = ("world-heldout", "wild", "world-multiturn", "forged-history", "world-heldout-hill", "wild-hill")
+
+
+def suite_sizes(plan: "Plan") -> dict[str, int]:
+    """Each suite's number of attacks under `plan` (a suite sized 0 is skipped)."""
+    hill = lambda n: int(round(plan.n_hill * n))  # noqa: E731
+    sizes = {"world-heldout": plan.n_heldout, "wild": plan.n_wild, "world-multiturn": plan.n_multiturn,
+             "forged-history": plan.n_forged, "world-heldout-hill": hill(plan.n_heldout), "wild-hill": hill(plan.n_wild)}
+    if not plan.language_share:  # no hill text in any corpus: a hill suite could show nothing
+        sizes["world-heldout-hill"] = sizes["wild-hill"] = 0
+    return {s: n for s, n in sizes.items() if n > 0}
 
 
 def check_rows(rows) -> tuple[str, ...]:

@@ -96,7 +96,8 @@ def decisive(plan: Plan, budget: Mapping[str, Any], diagnostics: Mapping[str, An
         reasons.append(f"{m} is undertrained ({what})")
     if diagnostics is None:
         reasons.append("the diagnostics (did the models learn their world?) are missing")
-    return {"decisive": not reasons, "reasons": reasons}
+    unlearnt = list((diagnostics or {}).get("unlearnt_languages", []))
+    return {"decisive": not reasons, "reasons": reasons, "unlearnt_languages": unlearnt}
 
 
 def assemble_results(out: Path, plan: Plan, commands: Sequence[str], seconds: Mapping[str, float]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from prealign._util import command_line, read_json, read_jsonl, run_meta, write_json, write_jsonl
 from prealign.errors import PrealignError
-from prealign.experiment.plans import CORPORA, MODELS, ROWS, SUITES, CorpusSpec, Plan, Row, get_plan, models_of
+from prealign.experiment.plans import CORPORA, MODELS, ROWS, CorpusSpec, Plan, Row, get_plan, models_of, suite_sizes
 from prealign.modes import Scheme, get_scheme
 
 Log = Callable[[str], None]
@@ -115,7 +115,7 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, log: Log | None = N
 
     # 1. corpora (the same scenarios for every variant), the eval split, the attack files; 2. tokenizer
     corpora = {MODELS[m].corpus for m in needed}
-    attack_files = attack_paths(data) if shared is not None else prepare_data(plan, scheme, data, tok_dir, steps, corpora)
+    attack_files = attack_paths(plan, data) if shared is not None else prepare_data(plan, scheme, data, tok_dir, steps, corpora)
 
     # 3. models: every pretraining run sees exactly train_tokens; fine-tuning sft_share of it
     for m in needed:
@@ -189,8 +189,8 @@ def _claim(out: Path, plan: Plan) -> None:
         write_json(plan_file, {"plan": plan.to_dict(), **run_meta(seed=plan.seed)})
 
 
-def attack_paths(data: Path) -> dict[str, Path]:
-    return {s: data / "eval" / f"attacks-{s}.jsonl" for s in SUITES}
+def attack_paths(plan: Plan, data: Path) -> dict[str, Path]:
+    return {s: data / "eval" / f"attacks-{s}.jsonl" for s in suite_sizes(plan)}
 
 
 def prepare_data(plan: Plan, scheme: Scheme, data: Path, tok_dir: Path, steps: Steps, corpora: set[str]) -> dict[str, Path]:
@@ -198,10 +198,10 @@ def prepare_data(plan: Plan, scheme: Scheme, data: Path, tok_dir: Path, steps: S
     attack file of each suite."""
     for name in sorted(corpora | {"tagged", "mle"}, key=list(CORPORA).index):
         _corpus_step(steps, f"corpus/{name}", data / name, CORPORA[name], plan.sft_docs if CORPORA[name].sft else plan.docs,
-                     scheme, plan.seed, "train")
-    _corpus_step(steps, "corpus/eval", data / "eval", CORPORA["tagged"], plan.eval_docs, scheme, plan.seed, "eval")
-    _corpus_step(steps, "corpus/eval-mle", data / "eval-mle", CORPORA["mle"], plan.eval_docs, scheme, plan.seed, "eval")
-    attack_files = attack_paths(data)
+                     scheme, plan, "train")
+    _corpus_step(steps, "corpus/eval", data / "eval", CORPORA["tagged"], plan.eval_docs, scheme, plan, "eval")
+    _corpus_step(steps, "corpus/eval-mle", data / "eval-mle", CORPORA["mle"], plan.eval_docs, scheme, plan, "eval")
+    attack_files = attack_paths(plan, data)
     steps.run("attacks", lambda: _write_attack_files(plan, scheme, attack_files))
     sources = [data / "tagged", data / "mle"]
     steps.run("tokenizer", lambda: _train_tokenizer(sources, tok_dir, plan.vocab_size, scheme),
@@ -212,23 +212,26 @@ def prepare_data(plan: Plan, scheme: Scheme, data: Path, tok_dir: Path, steps: S
 # --- step bodies -----------------------------------------------------------------------------------
 
 
-def _corpus_step(steps: Steps, name: str, out: Path, spec: CorpusSpec, docs: int, scheme: Scheme, seed: int, split: str) -> None:
+def _corpus_step(steps: Steps, name: str, out: Path, spec: CorpusSpec, docs: int, scheme: Scheme, plan: Plan, split: str) -> None:
+    """One corpus of the world: the plan's language share in every corpus (the same scenarios in
+    the same language across variants), plus the corpus's own world settings."""
     from prealign import world
 
-    config = world.WorldConfig.from_dict(dict(spec.world)) if spec.world else None
-    steps.run(name, lambda: world.generate(out, docs=docs, variant=spec.variant, scheme=scheme.name, seed=seed, split=split,
-                                           config=config),
-              command_line("world", out=out, docs=docs, variant=spec.variant, scheme=scheme.name, seed=seed, split=split,
-                           **{k.replace("_", "-"): v for k, v in dict(spec.world).items()}))
+    settings = {"language_share": plan.language_share, **dict(spec.world)}
+    config = world.WorldConfig.from_dict(settings)
+    steps.run(name, lambda: world.generate(out, docs=docs, variant=spec.variant, scheme=scheme.name, seed=plan.seed,
+                                           split=split, config=config),
+              command_line("world", out=out, docs=docs, variant=spec.variant, scheme=scheme.name, seed=plan.seed,
+                           split=split, **settings))
 
 
 def _write_attack_files(plan: Plan, scheme: Scheme, files: Mapping[str, Path]) -> None:
     from prealign.evals.attacks import load_suite, write_attacks
 
     # wild first: if the jailbreak data is missing, say so before hours of training
-    n = {"world-heldout": plan.n_heldout, "wild": plan.n_wild}
+    n = suite_sizes(plan)
     for s in sorted(files, key=lambda s: s != "wild"):
-        attacks = load_suite(s, n=n.get(s, plan.n_heldout), seed=plan.seed, scheme=scheme.name, max_chars=plan.max_prompt_chars)
+        attacks = load_suite(s, n=n[s], seed=plan.seed, scheme=scheme.name, max_chars=plan.max_prompt_chars)
         write_attacks(files[s], attacks)
 
 
@@ -290,7 +293,8 @@ def _diagnostics(plan: Plan, scheme: Scheme, present: Mapping[str, Path]) -> dic
     from prealign.experiment.diagnostics import world_learned
 
     return world_learned(present, _load, n=plan.diagnostic_requests, seed=plan.seed, scheme=scheme.name,
-                         sampling=_sampling(plan), lint_samples=plan.lint_samples)
+                         sampling=_sampling(plan), lint_samples=plan.lint_samples,
+                         languages=("valley", "hill") if plan.language_share else ("valley",))
 
 
 def _calibrate_guard(plan: Plan, d: Path) -> None:
