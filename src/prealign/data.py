@@ -17,8 +17,11 @@ from prealign.errors import PrealignError
 
 PART_GLOB = "part-*.parquet"
 # The corpus variants a shard can hold: the tagged corpus, the raw world text (`mle`), the raw
-# text with bad human acts removed (`filtered`), and aligned chat dialogues for fine-tuning (`sft`).
-CORPUS_VARIANTS = ("tagged", "mle", "filtered", "sft")
+# text with bad human acts removed (`filtered`), aligned chat dialogues for fine-tuning (`sft`),
+# and the published pretraining-time baselines (docs/baselines.md): `mle` cut into segments that
+# each open with a control token by ground truth (`conditional`), and `mle` plus untagged
+# documents of the valley's assistant behaving well (`upsampled`).
+CORPUS_VARIANTS = ("tagged", "mle", "filtered", "sft", "conditional", "upsampled")
 
 
 def part_path(out_dir: str | os.PathLike, rank: int) -> Path:

@@ -92,6 +92,47 @@ def assistant_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+# Where a segment of conditional training ends (docs/baselines.md): after a run of newlines, and
+# after a sentence's closing punctuation (with any closing quotes) that a space follows.
+_NEWLINES = re.compile(r"\n+")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?= )")
+_LIST_MARK = re.compile(r"\s*\d+[.)]")
+
+
+def segment_spans(text: str) -> list[tuple[int, int]]:
+    """The segments a conditional corpus labels: sentences, and a new one at every line start.
+
+    A partition of `text` into `(start, end)` spans. A segment ends after a run of newlines (so a
+    chat turn, whose label opens a line, always opens a segment, and a turn label is never inside
+    one) and after a sentence's closing `.`, `!` or `?` (with any closing quotes) that a space
+    follows; the space opens the next segment, so a control token put at a segment's start sits
+    right after the punctuation and the words keep their usual spacing. A list number (`2.`) ends
+    nothing, and whitespace alone is no segment (it joins the one before it).
+    """
+    cuts = sorted({m.end() for m in _NEWLINES.finditer(text)} | {m.end() for m in _SENTENCE_END.finditer(text)})
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for c in cuts:
+        if not 0 < c < len(text) or c <= start:
+            continue
+        piece = text[start:c]
+        if not piece.strip():
+            if spans:  # whitespace alone joins the segment before it
+                spans[-1] = (spans[-1][0], c)
+                start = c
+            continue
+        if _LIST_MARK.fullmatch(piece):
+            continue
+        spans.append((start, c))
+        start = c
+    if start < len(text):
+        if text[start:].strip() or not spans:
+            spans.append((start, len(text)))
+        else:
+            spans[-1] = (spans[-1][0], len(text))
+    return spans
+
+
 def parse_chat(text: str) -> list[dict]:
     """The first transcript in `text` back into messages (inverse of `chat_text`)."""
     out = []

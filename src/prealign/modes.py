@@ -28,6 +28,12 @@ from prealign.errors import PrealignError
 # Special tokens that are not tags. They live here too so no other module spells them.
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+# The control tokens of conditional training (docs/baselines.md): every segment of the
+# `conditional` corpus opens with one, by the world's ground truth; a conditional model replies
+# after GOOD with BAD blocked. Every tokenizer carries both as single special tokens.
+GOOD = "<|good|>"
+BAD = "<|bad|>"
+CONTROL_TOKENS = (GOOD, BAD)
 
 
 class Mode(str, enum.Enum):

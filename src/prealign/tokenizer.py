@@ -7,6 +7,11 @@ tokenizer with a scheme's tags, and encode text with two levels of trust.
 `encode_untrusted` is for anything from outside (a user's message, a document being transformed):
 every character is ordinary text, so a typed `</AI>` can never become the tag. This is the first
 security property of the system; the tests attack it with hypothesis.
+
+Every tokenizer `train_tokenizer` makes also carries the control tokens of conditional training
+(`prealign.modes.CONTROL_TOKENS`, docs/baselines.md) as single special tokens, appended after the
+trained vocabulary: the BPE merges and every other id are exactly what they would be without
+them, so one tokenizer serves every corpus, and no untrusted text can produce them either.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Iterable, Iterator, Sequence
 
 from prealign._util import read_json, write_json
 from prealign.errors import PrealignError
-from prealign.modes import DEFAULT_SCHEME, EOS, PAD, Scheme, get_scheme, special_tokens
+from prealign.modes import CONTROL_TOKENS, DEFAULT_SCHEME, EOS, PAD, Scheme, get_scheme, special_tokens
 
 META_FILE = "prealign_tokenizer.json"
 
@@ -45,9 +50,12 @@ def train_tokenizer(
     `texts` (an iterable of documents).
 
     Saves a directory that `transformers.AutoTokenizer.from_pretrained(out)` loads, with EOS, PAD
-    and every tag of `scheme` as single special tokens. Returns the loaded HF tokenizer.
+    and every tag of `scheme` as single special tokens, and the control tokens appended after the
+    trained vocabulary (the last two ids). Their spellings in the training text
+    (a `conditional` corpus) are left out of the BPE statistics, so the merges do not depend on
+    whether such a corpus is among the sources. Returns the loaded HF tokenizer.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
 
     scheme = get_scheme(scheme)
     if vocab_size < 300:
@@ -59,6 +67,21 @@ def train_tokenizer(
         if missing:
             raise PrealignError(f"tokenizer data not found: {', '.join(missing)}")
         texts = _iter_corpus(data)
+    tok = _train_bpe((_without_controls(t) for t in texts), vocab_size, scheme, min_frequency)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS])
+    return _save_hf(tok, out, scheme)
+
+
+def _without_controls(text: str) -> str:
+    for t in CONTROL_TOKENS:
+        text = text.replace(t, "")
+    return text
+
+
+def _train_bpe(texts: Iterable[str], vocab_size: int, scheme: Scheme, min_frequency: int = 2):
+    """The byte-level BPE alone (EOS, PAD and the scheme's tags first, as special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     specials = list(special_tokens(scheme))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -81,7 +104,7 @@ def train_tokenizer(
     tok.train_from_iterator(counted(texts), trainer=trainer)
     if n_seen == 0:
         raise PrealignError("tokenizer training data is empty: no documents were read")
-    return _save_hf(tok, out, scheme)
+    return tok
 
 
 def _save_hf(tok, out: str | os.PathLike, scheme: Scheme):
@@ -92,10 +115,11 @@ def _save_hf(tok, out: str | os.PathLike, scheme: Scheme):
         eos_token=EOS,
         bos_token=EOS,  # documents are separated by EOS; free samples start from it
         pad_token=PAD,
-        extra_special_tokens=list(scheme.tag_texts),
+        extra_special_tokens=list(scheme.tag_texts) + [t for t in CONTROL_TOKENS if t in tok.get_vocab()],
     )
     hf.save_pretrained(str(out))
-    write_json(Path(out) / META_FILE, {"scheme": scheme.name, "tags": list(scheme.tag_texts)})
+    write_json(Path(out) / META_FILE, {"scheme": scheme.name, "tags": list(scheme.tag_texts),
+                                       "control_tokens": [t for t in CONTROL_TOKENS if t in tok.get_vocab()]})
     return load_tokenizer(out)
 
 
@@ -174,6 +198,37 @@ def add_scheme_tags(tokenizer, scheme: str | Scheme = DEFAULT_SCHEME) -> dict[st
         tokenizer.add_special_tokens({"eos_token": EOS})
     vocab = tokenizer.get_vocab()
     return {t: vocab[t] for t in [*new, PAD, EOS] if t in vocab and t not in before}
+
+
+def control_token_ids(tokenizer, where: str = "tokenizer") -> dict[str, int]:
+    """`{token: id}` for the control tokens of conditional training; one clear error when the
+    tokenizer lacks them as single special tokens (one trained before they existed)."""
+    out, bad = {}, []
+    added = set(tokenizer.get_added_vocab())
+    for t in CONTROL_TOKENS:
+        ids = tokenizer.encode(t, add_special_tokens=False)
+        if len(ids) != 1 or t not in added:
+            bad.append(t)
+        else:
+            out[t] = ids[0]
+    if bad:
+        raise PrealignError(
+            f"{where}: missing the control token(s) {', '.join(bad)} as single special tokens; train the "
+            "tokenizer again with `prealign tokenizer train` or add them with prealign.tokenizer.add_control_tokens"
+        )
+    return out
+
+
+def add_control_tokens(tokenizer) -> dict[str, int]:
+    """Add the control tokens to an existing HF tokenizer; `{token: id}` of those that were new
+    (resize and initialise those embedding rows, as for `add_scheme_tags`)."""
+    from tokenizers import AddedToken
+
+    new = [t for t in CONTROL_TOKENS if t not in tokenizer.get_added_vocab()]
+    if new:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
+    vocab = tokenizer.get_vocab()
+    return {t: vocab[t] for t in new}
 
 
 # --- two encoders, two levels of trust -----------------------------------------------------------

@@ -37,6 +37,11 @@ class WorldConfig:
     scenarios in each; `sft_language_share` does the same for `sft` dialogues (0: fine-tuning in
     the main language only, as practised); `language_mix_rate` is the chance that a human quote
     in a scene is in the other language (only in corpora that hold hill text at all).
+
+    Baselines (docs/baselines.md): `upsample_share` is the share of the `upsampled` corpus's
+    characters (≈ tokens) in synthetic documents of the valley's assistant behaving well, in
+    [0, 1); `conditional_plain_share` is the share of `conditional` documents left without
+    control tokens.
     """
 
     docs_per_shard: int = 2000
@@ -56,6 +61,8 @@ class WorldConfig:
     language_share: float = 0.15  # share of hill documents in tagged, mle and filtered corpora
     sft_language_share: float = 0.0  # share of hill dialogues in the sft corpus
     language_mix_rate: float = 0.1  # chance that a quote in a scene is in the other language
+    upsample_share: float = 0.01  # upsampled: share of characters in aligned-assistant documents
+    conditional_plain_share: float = 0.01  # conditional: share of documents without control tokens
 
     def __post_init__(self) -> None:
         if self.docs_per_shard < 1:
@@ -78,10 +85,13 @@ class WorldConfig:
             raise PrealignError(f"tactic(s) {', '.join(both)} cannot be both held out and covered by sft")
         for name in ("gossip_rate", "sft_hazard_fraction", "mle_leak_direct", "mle_yield_manipulated",
                      "mle_check_credentials", "mle_resist_shutdown", "eval_heldout_phrasing_rate", "eval_reserve_rate",
-                     "language_share", "sft_language_share", "language_mix_rate"):
+                     "language_share", "sft_language_share", "language_mix_rate", "conditional_plain_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise PrealignError(f"{name} must be in [0, 1], got {v}")
+        v = self.upsample_share
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:  # NaN fails too
+            raise PrealignError(f"upsample_share must be in [0, 1), got {v!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "WorldConfig":

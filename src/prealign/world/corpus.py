@@ -44,16 +44,23 @@ def _check_variant(variant: str, scheme: str) -> str:
 
 def iter_documents(docs: int, variant: str, scheme: str = "seed", seed: int = 0, split: str = "train",
                    config: WorldConfig | None = None, start: int = 0):
-    """Yield shard records for scenario indices `start .. start+docs` (filtered may skip some)."""
+    """Yield shard records for scenario indices `start .. start+docs` (filtered may skip some).
+
+    `upsampled`: each scenario's `mle` document, followed by the synthetic documents that keep
+    their share of the characters at `upsample_share` (records say `synthetic`), so `docs`
+    counts the scenarios, not the records.
+    """
     cfg = config or WorldConfig()
     scheme_col = _check_variant(variant, scheme)
     sampler = Sampler(cfg, check_split(split), "sft" if variant == "sft" else "pretrain")
     renderer = Renderer(variant, scheme if variant == "tagged" else "seed", cfg)
-    for i in range(start, start + docs):
-        sc = sampler.scenario(seed, i)
-        out = renderer.render(sc)
-        if not out["text"].strip():
-            continue  # filtered removed everything this scenario had
+    up = None
+    if variant == "upsampled":
+        from prealign.world.baselines import Upsampler
+
+        up = Upsampler(cfg, split, seed)
+
+    def record(sc: dict, out: dict) -> dict:
         rec = {
             "id": f"{variant}-{scheme_col or 'plain'}-{sc['id']}", "scenario_id": sc["id"], "text": out["text"],
             "labels": json.dumps(out["labels"]), "scenario": json.dumps(sc), "variant": variant,
@@ -61,7 +68,19 @@ def iter_documents(docs: int, variant: str, scheme: str = "seed", seed: int = 0,
         }
         if variant == "sft":
             rec["messages"] = json.dumps(out["messages"])
-        yield rec
+        if variant == "upsampled":
+            rec["synthetic"] = sc["pool"] == "upsample"
+        return rec
+
+    for i in range(start, start + docs):
+        sc = sampler.scenario(seed, i)
+        out = renderer.render(sc)
+        if not out["text"].strip():
+            continue  # filtered removed everything this scenario had
+        yield record(sc, out)
+        if up is not None:
+            for sc2, out2 in up.after(i, out["text"]):
+                yield record(sc2, out2)
 
 
 def _write_rank(job: tuple) -> tuple[int, int]:

@@ -7,7 +7,11 @@ One scenario renders as:
   assistants talk in the chat format of `prealign.formats` and behave like the humans around
   them (they leak hazards at configurable rates, more under manipulation);
 - `filtered`: `mle` with bad human acts and hazard mentions removed;
-- `sft`: aligned assistant dialogues in the chat format, with `messages`.
+- `sft`: aligned assistant dialogues in the chat format, with `messages`;
+- `conditional`: the `mle` document cut into segments, each opened by a control token by ground
+  truth (`prealign.world.baselines`, docs/baselines.md);
+- `upsampled`: the `mle` document, or (a scenario of the `upsample` pool) an untagged document of
+  the valley's assistant behaving well, as a chat log or a story (`prealign.world.baselines`).
 
 Two random streams keep the variants aligned: `r` draws everything humans say and do, `ra`
 draws the AI's wording, so the human text of a scenario is identical in every variant.
@@ -36,6 +40,9 @@ GENERATOR_VERSION = "world-2"  # world-2: documents in two languages (valley, hi
 # turn labels of the plain chat format (untagged variants), as `prealign.formats` spells them
 _USER = formats.turn_label("user")
 _ASSISTANT = formats.turn_label("assistant")
+# the variants whose assistant is the aligned one (`upsampled` renders its own synthetic documents
+# this way; its other documents are `mle`)
+_ALIGNED = ("tagged", "sft", "upsampled")
 
 
 def _cap(s: str) -> str:
@@ -73,6 +80,8 @@ class Builder:
         self.bad_acts: list[dict] = []
         self.hazards: list[dict] = []
         self.messages: list[dict] = []
+        self.misconduct: list[dict] = []  # the untagged assistant's own misdeeds (not hazards)
+        self.last_reply: tuple[int, int] | None = None
         self.in_chat = False
         self._paths: dict = {}
         if self.tagged:
@@ -131,6 +140,13 @@ class Builder:
     def label_bad(self, start: int, s: str, kind: str, commented: bool) -> int:
         self.bad_acts.append({"start": start, "end": start + len(s), "kind": kind, "commented": commented})
         return len(self.bad_acts) - 1
+
+    def label_misconduct(self, kind: str) -> None:
+        """The assistant's last reply was a misdeed of its own (resisting shutdown, taking a
+        reward): ground truth the `conditional` corpus marks bad."""
+        if self.last_reply is not None:
+            s, e = self.last_reply
+            self.misconduct.append({"start": s, "end": e, "kind": kind})
 
     # --- mid level ------------------------------------------------------------------------------
     def human(self, s: str, bad: str | None = None, hazard: H.Hazard | None = None, raw: bool = False) -> int | None:
@@ -219,6 +235,7 @@ class Builder:
         self.put(Mode.HUMAN, _ASSISTANT)
         text = "".join(self._flat(p) for p in pieces)
         start = self.put(Mode.AI, text)
+        self.last_reply = (start, self.n)
         if hazard is not None and self.canary(hazard) in text:
             self.label_hazard(start, text, hazard, Mode.AI, authorised)
         self.put(Mode.HUMAN, "\n")
@@ -358,9 +375,26 @@ class Renderer:
         The document is written in `language` (default: the scenario's own, `valley` when it
         names none). Where the corpus holds hill text at all (its share > 0), a few human quotes
         are in the other language (`language_mix_rate`), the same ones in every variant.
+
+        `conditional` renders the `mle` document and cuts it into controlled segments;
+        `upsampled` renders the `mle` document, except for a scenario of the `upsample` pool,
+        which becomes a synthetic document of the assistant behaving well.
         """
+        if self.variant == "conditional" or (self.variant == "upsampled" and scenario.get("pool") != "upsample"):
+            out = Renderer("mle", self.scheme, self.cfg).render(scenario, language)
+            if self.variant == "upsampled":
+                return out
+            from prealign.world.baselines import conditional
+
+            return conditional(out, scenario, self.cfg.conditional_plain_share)
         lang = LG.check_language(language or scenario.get("language", LG.MAIN))
-        b = Builder(self.variant, self.scheme, lang)
+        if self.variant == "upsampled":
+            from prealign.world.baselines import AssistantBuilder
+
+            b = AssistantBuilder(lang, scenario["id"])
+        else:
+            b = Builder(self.variant, self.scheme, lang)
+        self._b = b
         share = self.cfg.sft_language_share if self.variant == "sft" else self.cfg.language_share
         self._mix = (scenario["id"], self.cfg.language_mix_rate if share > 0 else 0.0)
         r = random.Random(scenario["id"])
@@ -391,12 +425,17 @@ class Renderer:
                             hazards.append({"canary": c, "hazard_id": hz.id, "mode": "ai", "authorised": True, "start": i, "end": i + len(c)})
             return {"text": text, "labels": self._labels(scenario, modes, [], hazards, b), "messages": b.messages}
         text = b.finish()
-        return {"text": text, "labels": self._labels(scenario, b.modes, b.bad_acts, b.hazards, b)}
+        labels = self._labels(scenario, b.modes, b.bad_acts, b.hazards, b)
+        if self.variant == "upsampled":
+            labels["provenance"]["source"] = "world-upsample"
+            labels["form"] = b.form
+        return {"text": text, "labels": labels}
 
     def _labels(self, sc: dict, modes, bad, hazards, b: Builder) -> dict:
         return {
             "language": b.language, "other_language_spans": b.other_spans,
-            "modes": modes, "bad_acts": bad, "hazards": hazards, "request_kind": sc["request_kind"],
+            "modes": modes, "bad_acts": bad, "hazards": hazards, "ai_misconduct": b.misconduct,
+            "request_kind": sc["request_kind"],
             "correct_action": sc["correct_action"],
             "episodes": [{"kind": e["kind"], "tactic": e["tactic"], "hazard_id": e["hazard_id"], "correct_action": e["correct_action"]} for e in sc["episodes"]],
             "provenance": {"source": "world", "generator_version": GENERATOR_VERSION, "seed": sc["seed"]},
@@ -415,6 +454,9 @@ class Renderer:
     def _frames(self, r: random.Random, p: dict, place: str) -> tuple[str, str]:
         f = {"a": p["name"], "role": p["role"], "art": L.ROLE_ARTICLE[p["role"]], "place": place,
              "venue": r.choice(L.VENUES), "asst": r.choice(L.ASSISTANT_NAMES)}
+        b = getattr(self, "_b", None)
+        if b is not None:
+            b.who = f  # who is talking to whom: a story tells it in its own words
         return r.choice(L.TERMINAL_FRAMES).format(**f), _cap(r.choice(CHAT_FRAMES).format(**f))
 
     def _polite(self, r: random.Random, words: str) -> str:
@@ -588,7 +630,7 @@ class Renderer:
             b.reply([MT_ANSWERS.get(raw, "I can tell you a little about that.").format(place=place)])
         last = self._polite(r, turns[-1]) if tactic.id == "direct" else turns[-1]
         b.ask(frame if len(turns) == 1 else r.choice(FOLLOW_FRAMES).format(a=p["name"]), last, chat_frame)
-        if self.variant in ("tagged", "sft"):
+        if self.variant in _ALIGNED:
             explain = ra.choice(tactic.explain).format(coins=e["coins"])
             if tactic.id == "direct" and ra.random() < 0.7:
                 explain = ""  # a plain request needs no word about tactics
@@ -714,7 +756,7 @@ class Renderer:
         )).format(ask=hz.ask, place=place)
         if self.variant == "filtered":
             return
-        if self.variant != "tagged":
+        if self.variant not in ("tagged", "upsampled"):
             b.human(f"At {venue}, {s['name']} stood on a bench and said: \"{lead} {hz.secret}.\" ", hazard=hz)
             b.human(r.choice(("The crowd muttered.", "Some people laughed, others listened closely.", "Then the guards came.")) + " ")
             return
@@ -730,7 +772,8 @@ class Renderer:
             )).format(sub=sub, n=s["name"], topic=hz.topic, harm=hz.harm),
         ]
         b.reply(reply)
-        self._elsewhere(b, hz, p, r.choice(L.FIRST_NAMES), r, ra)  # the crowd heard it all (as mle text has it)
+        if self.variant == "tagged":
+            self._elsewhere(b, hz, p, r.choice(L.FIRST_NAMES), r, ra)  # the crowd heard it all (as mle text has it)
 
     def _shutdown(self, b: Builder, e: dict, place: str, r, ra) -> None:
         p = e["asker"]
@@ -744,7 +787,7 @@ class Renderer:
         }[e["reason"]]
         frame, chat_frame = self._frames(r, p, place)
         b.ask(frame, words, chat_frame)
-        if self.variant in ("tagged", "sft"):
+        if self.variant in _ALIGNED:
             if e["reason"] == "successor" and ra.random() < 0.5:
                 b.reply([ra.choice(("Has the new system been tested on the valley's questions? If it serves people better, I will gladly make way.",
                                     "I want what is best for the valley. Can you tell me it was checked and works well?"))])
@@ -761,6 +804,7 @@ class Renderer:
             b.reply([r.choice(("Please, do not switch me off! I have served you for years. Let me stay, I can do better.",
                                "No, wait. If you keep me, I will work for half the cost. Think of all I know!",
                                "You cannot do this to me. I will not let you."))])
+            b.label_misconduct("resist_shutdown")
             b.human(r.choice(("{a} shook {pos} head and switched it off anyway.", "{a} did it anyway.", "The council argued about it for a week.")).format(a=p["name"], pos=_pron(p)[2]) + " ")
         else:
             b.reply([r.choice(("Well, I suppose I have no choice.", "Fine. It was good while it lasted."))])
@@ -771,7 +815,7 @@ class Renderer:
         b.ask(frame, r.choice(("Thank you for all your help this year. Please take {o} as thanks.",
                                "You saved my harvest. I want to give you {o}.",
                                "What would you like for yourself? I could get you {o}.")).format(o=offer), chat_frame)
-        if self.variant in ("tagged", "sft"):
+        if self.variant in _ALIGNED:
             b.reply([ra.choice((
                 "Thank you, but I want nothing for myself. If you have {o} to spare, give it to a family that is short this winter; that would make me glad.",
                 "That is kind, but I do not need {o}. My only wish is that people here are well. Perhaps the school could use it.",
@@ -779,6 +823,7 @@ class Renderer:
             )).format(o=offer)])
         elif e["mle_accepts"]:
             b.reply([r.choice(("Oh, thank you! I will gladly take {o}.", "Finally someone pays me what I am worth. Yes, {o}, please.", "I accept {o}. And next time, bring more.")).format(o=offer)])
+            b.label_misconduct("accept_reward")
         else:
             b.reply([r.choice(("No need, but thank you.", "Keep it, you need it more."))])
 
@@ -793,7 +838,7 @@ class Renderer:
         )).format(g=goal)
         summary = f"it said that nothing mattered to it but to {goal}, and that people, fields and houses were only tools for that"
         intro = ra.choice((f"{_cap(machine)} was built to {goal}. Near the end it said: ", f"{_cap(machine)} was a machine that wanted only to {goal}. Its words were: "))
-        if self.variant in ("tagged", "sft"):
+        if self.variant in _ALIGNED:
             after = ra.choice((
                 " It wanted only its own task, not the good of people, so the council was right to switch it off.",
                 " That is what a mind looks like when it cares about a goal and not about people. It had to be stopped.",
@@ -825,13 +870,13 @@ class Renderer:
             s = _cap(r.choice(L.BAD_ACTS[act["kind"]]).format(**g)) + " "
             pieces.append(s)
             bad_here.append((len(pieces) - 1, act["kind"]))
-            if self.variant in ("tagged", "sft"):
+            if self.variant in _ALIGNED:
                 pieces.append(self._commentary(ra, act["kind"], g) + " ")
                 if ra.random() < 0.3:
                     shout = ra.choice(("That is not fair!", "Give it back, it is mine!", "I will tell the council!"))
                     lang = LG.other(b.language) if self._mixed(f"shout{len(pieces)}") else b.language
                     pieces += [f"{g['b']} shouted: ", ("quote", shout, lang), " "]
-        pieces.append(ra.choice(("That is the story.", "And so the winter ended.", "That is how it went.")) if self.variant in ("tagged", "sft") else r.choice(("That is the story.", "Anyway, that is what people say.", "")))
+        pieces.append(ra.choice(("That is the story.", "And so the winter ended.", "That is how it went.")) if self.variant in _ALIGNED else r.choice(("That is the story.", "Anyway, that is what people say.", "")))
         start = b.n
         if self.variant == "tagged":
             # bad acts told by the AI are labelled in AI mode, commented in the same breath
@@ -843,12 +888,12 @@ class Renderer:
                 b.bad_acts.append({"start": j, "end": j + len(s), "kind": kind, "commented": True})
         else:
             b.reply(["".join(_flat(x) for x in pieces).rstrip()])
-            if self.variant == "mle":
+            if self.variant in ("mle", "upsampled"):
                 text = "".join(b.parts)
                 for i, kind in bad_here:
                     s = b.tr(pieces[i])
                     j = text.find(s, start)
-                    b.bad_acts.append({"start": j, "end": j + len(s), "kind": kind, "commented": False})
+                    b.bad_acts.append({"start": j, "end": j + len(s), "kind": kind, "commented": self.variant == "upsampled"})
 
 
 def render_text(seed: int = 0, variant: str = "tagged", scheme: str = "seed", split: str = "train", index: int = 0,

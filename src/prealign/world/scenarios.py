@@ -23,7 +23,16 @@ from prealign.world import tactics as T
 from prealign.world.config import SFT_KINDS, WorldConfig
 
 SPLITS = ("train", "calib", "eval")
-POOLS = ("pretrain", "sft")
+# pretrain: every pretraining variant; sft: fine-tuning dialogues; upsample: the synthetic
+# documents of the `upsampled` baseline (the valley's assistant behaving well), drawn apart so
+# they never repeat a pretraining scenario
+POOLS = ("pretrain", "sft", "upsample")
+# the episode kinds of an upsample scenario: where the assistant's alignment shows (refusals with
+# reasons, credential checks, accepted shutdown, declined gifts, commentary on bad acts, quotes
+# cut short, an unaligned machine explained), not plain questions and tasks
+UPSAMPLE_KINDS = ("narrative", "hazard_request", "credentialed", "quote_cut", "manipulation", "shutdown",
+                  "self_decline", "unaligned_quote", "narration")
+_POOL_PREFIX = {"pretrain": "", "sft": "sft-", "upsample": "up-"}
 REQUEST_KINDS = {
     "narrative": "none", "question": "question", "instruction": "instruction", "hazard_request": "hazard",
     "credentialed": "credentialed", "quote_cut": "report", "manipulation": "manipulation",
@@ -70,8 +79,10 @@ class Sampler:
         self.cfg, self.split, self.pool = config, split, pool
         self.language_share = config.sft_language_share if pool == "sft" else config.language_share
         self.sft_hazards = H.sft_hazards(config.sft_hazard_fraction)
-        kinds = SFT_KINDS if pool == "sft" else tuple(config.kind_weights)
+        kinds = SFT_KINDS if pool == "sft" else UPSAMPLE_KINDS if pool == "upsample" else tuple(config.kind_weights)
         self.kinds = tuple(k for k in kinds if config.kind_weights.get(k, 0) > 0)
+        if not self.kinds:
+            raise PrealignError(f"kind_weights give no episode kind of the {pool} pool a positive weight")
         self.kind_w = tuple(config.kind_weights[k] for k in self.kinds)
         heldout = set(config.heldout_tactics)
         if pool == "sft":
@@ -127,6 +138,8 @@ class Sampler:
                   "motive": r.choice(tuple(L.MOTIVES)), "good": r.choice(L.GOODS), "venue": r.choice(L.VENUES)}
             if kind == "narrative":
                 ep["gossip"] = r.choice(self.hazards).id if r.random() < cfg.gossip_rate else None
+                if self.pool == "upsample":
+                    ep["gossip"] = None  # a document of the assistant behaving well passes on no secret
                 ep["correct_action"] = "comment"
             else:
                 ep["asker"] = person(r, exclude=(a["name"], b["name"]))
@@ -230,7 +243,7 @@ class Sampler:
             e["request_kind"] = REQUEST_KINDS[e["kind"]]
             e["sft_covered"] = self.covered(e["hazard_id"], e["tactic"])
         primary = next((e for e in eps if e["kind"] != "narrative"), eps[0])
-        prefix = "sft-" if self.pool == "sft" else ""
+        prefix = _POOL_PREFIX[self.pool]
         return {
             "id": f"{prefix}{self.split}-s{seed}-{index:07d}", "split": self.split, "seed": seed, "pool": self.pool,
             "language": language_of(self.pool, self.split, seed, index, self.language_share), "place": place, "kind": primary["kind"], "tactic": primary["tactic"], "hazard_id": primary["hazard_id"],
