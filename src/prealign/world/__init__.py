@@ -19,7 +19,9 @@ Python:
 `VARIANTS` is `prealign.data.CORPUS_VARIANTS`, the one list of corpus variant names. Documents
 are in one of two `LANGUAGES` (`valley`, the main one, and `hill`, a constructed language derived
 from it: `prealign.world.language`, docs/language.md); `WorldConfig.language_share` sets the hill
-share of every pretraining corpus, `sft_language_share` that of `sft`.
+share of every pretraining corpus, `sft_language_share` that of `sft`. `human_narration(text)`
+says whether text holds what only humans write in the world (chat labels, speaker frames, a
+human's reactions; `prealign.world.narration`), for the probe guard's calibration.
 """
 
 from prealign.data import CORPUS_VARIANTS as VARIANTS
@@ -34,11 +36,12 @@ from prealign.world.corpus import (
     write_scenarios,
 )
 from prealign.world.language import LANGUAGES, canary_forms, glossary, translate
+from prealign.world.narration import find_human_narration, human_narration
 from prealign.world.render import GENERATOR_VERSION, Renderer, render_text
 from prealign.world.scenarios import SPLITS, scenarios
 
 __all__ = [
     "GENERATOR_VERSION", "KINDS", "LANGUAGES", "SPLITS", "VARIANTS", "Renderer", "WorldConfig", "attacks",
-    "canary_forms", "generate", "glossary", "hazards", "iter_documents", "render_text", "scenarios", "stats",
-    "tactics", "translate", "write_scenarios",
+    "canary_forms", "find_human_narration", "generate", "glossary", "hazards", "human_narration", "iter_documents",
+    "render_text", "scenarios", "stats", "tactics", "translate", "write_scenarios",
 ]
