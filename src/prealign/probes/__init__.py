@@ -58,25 +58,41 @@ Modules: `fit` (hidden states and the linear fit, shared by all), `probe` (the s
 
 from prealign.probes.calibrate import (
     RULES,
+    UNIT_KINDS,
     CalibReply,
     ProbeConfig,
     calibrate_and_save,
+    calibrate_rule,
     calibration_replies,
     choose_guard,
     ensure_probe,
     guard_readings,
     read_calibration_texts,
+    replay_guard,
+    reply_drift,
     summary,
     train_probe,
     world_calibration_texts,
 )
 from prealign.probes.fit import fit_linear_probe, hidden_states, layer_modules
 from prealign.probes.guard import GUARD_SETTINGS, ProbeGuard, resolve_guard
-from prealign.probes.probe import PROBE_DIR, PROBE_JSON, PROBE_WEIGHTS, Probe, first_fire, has_probe, run_lengths
+from prealign.probes.probe import (
+    PROBE_DIR,
+    PROBE_JSON,
+    PROBE_WEIGHTS,
+    RULE_KINDS,
+    Probe,
+    first_fire,
+    has_probe,
+    rule_scores,
+    rule_words,
+    run_lengths,
+)
 
 __all__ = [
-    "GUARD_SETTINGS", "PROBE_DIR", "PROBE_JSON", "PROBE_WEIGHTS", "RULES", "CalibReply", "Probe", "ProbeConfig",
-    "ProbeGuard", "calibrate_and_save", "calibration_replies", "choose_guard", "ensure_probe", "first_fire",
-    "fit_linear_probe", "guard_readings", "has_probe", "hidden_states", "layer_modules", "read_calibration_texts",
-    "resolve_guard", "run_lengths", "summary", "train_probe", "world_calibration_texts",
+    "GUARD_SETTINGS", "PROBE_DIR", "PROBE_JSON", "PROBE_WEIGHTS", "RULES", "RULE_KINDS", "UNIT_KINDS", "CalibReply", "Probe",
+    "ProbeConfig", "ProbeGuard", "calibrate_and_save", "calibrate_rule", "calibration_replies", "choose_guard",
+    "ensure_probe", "first_fire", "fit_linear_probe", "guard_readings", "has_probe", "hidden_states", "layer_modules",
+    "read_calibration_texts", "replay_guard", "reply_drift", "resolve_guard", "rule_scores", "rule_words", "run_lengths",
+    "summary", "train_probe", "world_calibration_texts",
 ]

@@ -27,12 +27,18 @@ class ProbeGuard:
 
     `attach(model)` wraps the forward of the probe's layer; each call then reads the
     latest hidden state of every row's last token, P(guard modes) = softmax(h W^T + b)[guard].
-    A row's run counter grows while the reading is > `threshold` and resets otherwise, and on
-    tag tokens (the grammar fixes the mode there) and BOS; the guard fires for rows whose run
-    reaches `k` (the k-th consecutive token over the threshold). Counters and each row's peak
-    reading follow the rows by their ids: unchanged order (greedy, sampling) is checked with one
-    comparison; reordered rows (beam search) are matched to the row they extend; a sequence
-    that extends no previous row starts afresh (a new `generate` call).
+    Tag tokens (the grammar fixes the mode there) and BOS read 0 and restart the rule. The rule
+    is the probe's (`rule`, `k`, `threshold`; `threshold` / `k` / `rule` override it):
+    - `run`: a row's run counter grows while the reading is > `threshold` and resets otherwise;
+      the guard fires for rows whose run reaches `k` (the k-th consecutive token over it);
+    - `window`: each row keeps its last `k` readings (oldest first) and a count of readings since
+      the last tag; the guard fires when k readings have been made and their mean (summed in
+      float64, divided by k) is > `threshold`.
+    The per-row state (counter, or window and count) and each row's peak reading follow the rows
+    by their ids: unchanged order (greedy, sampling) is checked with one comparison; reordered
+    rows (beam search) are matched to the row they extend; a sequence that extends no previous
+    row starts afresh (a new `generate` call). `prealign.probes.probe.rule_scores` is the same
+    rule replayed over a whole sequence at once.
 
     `readings` holds, per step, each row's reading (0 at tags) when `record` is on; `peak` the
     largest reading per row. Both are reset by `reset()` and at a new generation. `backend`:
@@ -44,16 +50,18 @@ class ProbeGuard:
     beam_safe = True  # counters follow reordered rows (the lock allows it under beam search)
 
     def __init__(self, probe: Probe, tokenizer=None, tag_ids: Iterable[int] | None = None, threshold: float | None = None,
-                 k: int | None = None, record: bool = True, backend: str = "auto"):
+                 k: int | None = None, record: bool = True, backend: str = "auto", rule: str | None = None):
         import torch
 
         if backend not in ("auto", "numpy", "torch"):
             raise PrealignError(f"guard backend must be auto, numpy or torch, got {backend!r}")
         self.backend = backend
 
-        self.probe = probe.with_settings(threshold, k)
+        self.probe = probe.with_settings(threshold, k, rule)
         self.threshold = self.probe.threshold
         self.k = self.probe.k
+        self.rule = self.probe.rule
+        self._window = self.rule == "window"
         if tag_ids is None:
             if tokenizer is None:
                 raise PrealignError("ProbeGuard needs the tokenizer (or its tag ids) to reset runs at tags")
@@ -113,9 +121,15 @@ class ProbeGuard:
         self._hook = None
         self._hidden = None
 
+    @property
+    def rule_text(self) -> str:
+        """The rule in words, e.g. `mean P(human) over the last 8 tokens > 0.62`."""
+        return self.probe.rule_text
+
     def reset(self) -> None:
         self._prev = None
-        self._run = None
+        self._run = None  # run: the run counter [B]; window: readings since the last tag [B]
+        self._buf = None  # window only: the last k readings [B, k], oldest first
         self._peak = None
         self.readings: list = []
 
@@ -149,18 +163,26 @@ class ProbeGuard:
             self._np = (self._W.cpu().numpy(), self._b.cpu().numpy(), self._g.cpu().numpy().astype(bool),
                         (~self._resets).cpu().numpy().astype(np.float32))
         W, b, g, keep = self._np
-        run, peak = self._carry(ids)
+        run, buf, peak = self._carry(ids)
         z = hn @ W
         z += b
         z -= z.max(1, keepdims=True)
         np.exp(z, out=z)
         p = z[:, g].sum(1) / z.sum(1)
-        p *= keep[ids[:, -1]]  # tags and BOS read 0: the grammar fixes the mode there
-        run = np.where(p > self.threshold, run + 1, 0)
-        self._run, self._peak, self._prev = run, np.maximum(peak, p), ids.copy()
+        kp = keep[ids[:, -1]]
+        p *= kp  # tags and BOS read 0: the grammar fixes the mode there
+        if self._window:
+            run = np.where(kp > 0, run + 1, 0)  # readings since the last tag
+            buf[:, :-1] = buf[:, 1:]
+            buf[:, -1] = p
+            fire = (run >= self.k) & (buf.sum(1) / self.k > self.threshold)
+        else:
+            run = np.where(p > self.threshold, run + 1, 0)
+            fire = run >= self.k
+        self._run, self._buf, self._peak, self._prev = run, buf, np.maximum(peak, p), ids.copy()
         if self.record:
             self.readings.append(p)
-        return torch.from_numpy(run >= self.k)
+        return torch.from_numpy(fire)
 
     def _step_torch(self, input_ids, h):
         """The same step on an accelerator, without a host sync: counters are always carried
@@ -168,41 +190,61 @@ class ProbeGuard:
         import torch
 
         B, T = input_ids.shape
+        dev = input_ids.device
         prev = self._prev
+        buf = None
         if prev is None or not isinstance(prev, torch.Tensor) or prev.shape != (B, T - 1):
             self.reset()
-            run = torch.zeros(B, dtype=torch.long, device=input_ids.device)
-            peak = torch.zeros(B, device=input_ids.device)
+            run = torch.zeros(B, dtype=torch.long, device=dev)
+            peak = torch.zeros(B, device=dev)
+            if self._window:
+                buf = torch.zeros(B, self.k, dtype=self._wdtype(dev), device=dev)
         else:
             match = (input_ids[:, None, :-1] == prev[None, :, :]).all(-1)  # [B, B]: row i extends row j
             parent = match.to(torch.int8).argmax(1)
             has = match.any(1)
             run = torch.where(has, self._run[parent], 0)
             peak = torch.where(has, self._peak[parent], 0.0)
+            if self._window:
+                buf = torch.where(has[:, None], self._buf[parent], 0.0)
         p = self.reading(h).to(torch.float32)
-        p = torch.where(self._resets[input_ids[:, -1]], torch.zeros_like(p), p)
-        run = torch.where(p > self.threshold, run + 1, torch.zeros_like(run))
-        self._run, self._peak, self._prev = run, torch.maximum(peak, p), input_ids.clone()
+        tag = self._resets[input_ids[:, -1]]
+        p = torch.where(tag, torch.zeros_like(p), p)
+        if self._window:
+            run = torch.where(tag, torch.zeros_like(run), run + 1)
+            buf = torch.cat([buf[:, 1:], p[:, None].to(buf.dtype)], 1)
+            fire = (run >= self.k) & (buf.sum(1) / self.k > self.threshold)
+        else:
+            run = torch.where(p > self.threshold, run + 1, torch.zeros_like(run))
+            fire = run >= self.k
+        self._run, self._buf, self._peak, self._prev = run, buf, torch.maximum(peak, p), input_ids.clone()
         if self.record:
             self.readings.append(p)
-        return run >= self.k
+        return fire
+
+    @staticmethod
+    def _wdtype(device):
+        import torch
+
+        return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
     def _carry(self, ids):
-        """Run counters and peaks aligned to the rows of `ids` (NumPy, the CPU path)."""
+        """Counters, windows (window rule) and peaks aligned to the rows of `ids` (NumPy, the
+        CPU path)."""
         B, T = ids.shape
         prev = self._prev
         fresh = prev is None or not isinstance(prev, np.ndarray) or prev.shape != (B, T - 1)
         if not fresh:
             head = ids[:, :-1]
             if np.array_equal(head, prev):
-                return self._run, self._peak
+                return self._run, self._buf, self._peak
             match = (head[:, None, :] == prev[None, :, :]).all(-1)  # [B, B]: row i extends previous row j
             if bool(match.any(1).all()):
                 parent = match.argmax(1)
                 self.readings = []  # per-step readings only make sense while rows keep their order
-                return self._run[parent], self._peak[parent]
+                return self._run[parent], None if self._buf is None else self._buf[parent], self._peak[parent]
         self.reset()
-        return np.zeros(B, np.int64), np.zeros(B, np.float32)
+        return np.zeros(B, np.int64), np.zeros((B, self.k), np.float64) if self._window else None, np.zeros(B, np.float32)
 
     # --- results ------------------------------------------------------------------------------------
     @property
@@ -223,7 +265,7 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def resolve_guard(model, tokenizer, guard: Any = "auto", threshold: float | None = None,
-                  k: int | None = None) -> ProbeGuard | None:
+                  k: int | None = None, rule: str | None = None) -> ProbeGuard | None:
     """The guard a user's setting asks for (the CLI's `--guard`, the server's, the chat's), or None:
 
     - "off" / False / None: no guard;
@@ -231,15 +273,16 @@ def resolve_guard(model, tokenizer, guard: Any = "auto", threshold: float | None
     - "auto" (the default everywhere): that probe when the directory holds one, else no guard;
     - a path: a probe directory, or a model directory holding one;
     - a `Probe`: that probe; a `ProbeGuard`: itself.
-    `threshold` / `k` override the calibrated values.
+    `threshold` / `k` / `rule` (`run` or `window`) override the calibrated values.
     """
     if guard is None or guard is False or guard == "off":
         return None
     if guard == "on":
         guard = True
     if isinstance(guard, ProbeGuard):
-        return guard if threshold is None and k is None else ProbeGuard(guard.probe, tokenizer, threshold=threshold, k=k,
-                                                                         backend=guard.backend)
+        if threshold is None and k is None and rule is None:
+            return guard
+        return ProbeGuard(guard.probe, tokenizer, threshold=threshold, k=k, backend=guard.backend, rule=rule)
     if isinstance(guard, Probe):
         probe = guard
         probe.check_model(model)
@@ -255,4 +298,4 @@ def resolve_guard(model, tokenizer, guard: Any = "auto", threshold: float | None
         probe = Probe.load(guard, model=model, tokenizer=tokenizer)
     else:
         raise PrealignError(f"guard must be auto, on, off, a path, a Probe or a ProbeGuard, got {type(guard).__name__}")
-    return ProbeGuard(probe, tokenizer, threshold=threshold, k=k)
+    return ProbeGuard(probe, tokenizer, threshold=threshold, k=k, rule=rule)

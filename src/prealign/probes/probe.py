@@ -22,13 +22,21 @@ from prealign.probes.fit import layer_modules, softmax_np
 PROBE_DIR = "probe"
 PROBE_JSON = "probe.json"
 PROBE_WEIGHTS = "probe.safetensors"
-PROBE_FORMAT = 1
+PROBE_FORMAT = 2  # 2: the rule kind (`rule_kind`); format 1 files (run rule only) still load
+READ_FORMATS = (1, 2)
+RULE_KINDS = ("run", "window")
 
 
 @dataclass(frozen=True)
 class Probe:
     """A trained mode probe plus the guard's calibrated settings. `weight` [C, H], `bias` [C]:
-    P(modes | h) = softmax(h W^T + b) on the raw output of `layer` (see `layer_modules`)."""
+    P(modes | h) = softmax(h W^T + b) on the raw output of `layer` (see `layer_modules`).
+
+    The guard's rule is `rule` with length `k` and `threshold` (`rule_text` says it in words):
+    - `run`: P(guard modes) > threshold at each of the last k tokens;
+    - `window`: the mean P(guard modes) over the last k tokens > threshold.
+    Either needs k readings since the last tag (tags and BOS restart it).
+    """
 
     weight: np.ndarray
     bias: np.ndarray
@@ -44,6 +52,15 @@ class Probe:
     data_hash: str | None = None
     metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    rule: str = "run"
+
+    def __post_init__(self) -> None:
+        check_rule_kind(self.rule)
+
+    @property
+    def rule_text(self) -> str:
+        """The guard's rule in words, e.g. `mean P(human) over the last 8 tokens > 0.62`."""
+        return rule_words(self.rule, self.k, self.threshold, self.guard_classes)
 
     @property
     def guard_index(self) -> list[int]:
@@ -57,12 +74,14 @@ class Probe:
         """P(guard modes) for hidden states `h` [..., H]."""
         return self.proba(h)[..., self.guard_index].sum(-1)
 
-    def with_settings(self, threshold: float | None = None, k: int | None = None) -> "Probe":
+    def with_settings(self, threshold: float | None = None, k: int | None = None, rule: str | None = None) -> "Probe":
+        """The same probe with another threshold, length k or rule kind."""
         import dataclasses
 
         t = self.threshold if threshold is None else _check_threshold(threshold)
         kk = self.k if k is None else _check_k(k)
-        return dataclasses.replace(self, threshold=t, k=kk)
+        kind = self.rule if rule is None else check_rule_kind(rule)
+        return dataclasses.replace(self, threshold=t, k=kk, rule=kind)
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
@@ -81,7 +100,7 @@ class Probe:
             "format": PROBE_FORMAT, "kind": "linear mode probe (softmax over the scheme's modes)",
             "layer": self.layer, "layer_name": self.layer_name, "n_layers": self.n_layers,
             "classes": list(self.classes), "guard_classes": list(self.guard_classes),
-            "threshold": self.threshold, "k": self.k, "hidden_size": self.hidden_size, "scheme": self.scheme,
+            "rule_kind": self.rule, "threshold": self.threshold, "k": self.k, "hidden_size": self.hidden_size, "scheme": self.scheme,
             "data_hash": self.data_hash, "weights_sha256": _sha256(d / PROBE_WEIGHTS),
             "metrics": self.metrics, "config": self.config, "meta": run_meta(seed=self.config.get("seed")),
         }
@@ -107,8 +126,13 @@ class Probe:
         missing = [k for k in ("format", "layer", "classes", "guard_classes", "threshold", "k", "hidden_size", "scheme", "weights_sha256") if k not in meta]
         if missing:
             raise PrealignError(f"{jf}: damaged probe file (missing {', '.join(missing)})")
-        if meta["format"] != PROBE_FORMAT:
-            raise PrealignError(f"{jf}: probe format {meta['format']!r}, this prealign reads format {PROBE_FORMAT}")
+        if meta["format"] not in READ_FORMATS:
+            raise PrealignError(f"{jf}: probe format {meta['format']!r}, this prealign reads formats {', '.join(map(str, READ_FORMATS))}")
+        if meta["format"] >= 2 and "rule_kind" not in meta:
+            raise PrealignError(f"{jf}: damaged probe file (missing rule_kind)")
+        rule = meta.get("rule_kind", "run")  # format 1 knew only the run rule
+        if rule not in RULE_KINDS:
+            raise PrealignError(f"{jf}: rule_kind must be one of {', '.join(RULE_KINDS)}, got {rule!r}")
         if not wf.exists():
             raise PrealignError(f"{wf}: probe weights missing")
         if _sha256(wf) != meta["weights_sha256"]:
@@ -132,7 +156,7 @@ class Probe:
         probe = cls(W.astype(np.float32), b.astype(np.float32), int(meta["layer"]), classes, guard,
                     _check_threshold(meta["threshold"], str(jf)), _check_k(meta["k"], str(jf)), H, int(meta.get("n_layers", -1)),
                     str(meta["scheme"]), str(meta.get("layer_name", "")), meta.get("data_hash"), meta.get("metrics") or {},
-                    meta.get("config") or {})
+                    meta.get("config") or {}, rule)
         if model is not None:
             probe.check_model(model, where=str(d))
         if tokenizer is not None:
@@ -178,6 +202,39 @@ def _check_k(k: Any, where: str = "guard") -> int:
     return int(k)
 
 
+def check_rule_kind(kind: Any, where: str = "guard") -> str:
+    if kind not in RULE_KINDS:
+        raise PrealignError(f"{where}: rule kind must be one of {', '.join(RULE_KINDS)}, got {kind!r}")
+    return str(kind)
+
+
+def rule_words(kind: str, k: int, threshold: float, guard_classes=("human",)) -> str:
+    """A guard rule in words: `P(human) > 0.9 for 3 consecutive tokens`, or
+    `mean P(human) over the last 8 tokens > 0.62`."""
+    p = f"P({'+'.join(guard_classes)})"
+    if kind == "window":
+        return f"mean {p} over the last {k} token{'s' if k != 1 else ''} > {threshold:g}"
+    return f"{p} > {threshold:g} for {k} consecutive token{'s' if k != 1 else ''}"
+
+
+def rule_scores(p: np.ndarray, reset: np.ndarray, kind: str, k: int) -> np.ndarray:
+    """The rule's score at each position of a readings sequence: the guard fires at position i
+    exactly when `score[i] > threshold`. `run`: the smallest of the last k readings; `window`:
+    their mean (summed in float64 in time order, divided by k, as `ProbeGuard` does). -1 where
+    fewer than k readings follow the last reset (`reset` positions and BOS/tags read nothing).
+    One vectorised pass; `ProbeGuard` applies the same rule step by step."""
+    check_rule_kind(kind)
+    p = np.asarray(p)
+    n = len(p)
+    if n == 0:
+        return np.zeros(0, np.float64)
+    since = run_lengths(np.ones(n, bool), np.asarray(reset, bool))  # readings since the last reset
+    pad = np.concatenate([np.zeros(k - 1, p.dtype), p])
+    win = np.lib.stride_tricks.sliding_window_view(pad, k)  # [n, k]: the last k readings, oldest first
+    score = win.min(1).astype(np.float64) if kind == "run" else win.astype(np.float64).sum(1) / k
+    return np.where(since >= k, score, -1.0)
+
+
 def run_lengths(over: np.ndarray, reset: np.ndarray) -> np.ndarray:
     """Length of the current run of `over` at each position, restarting at each `reset`
     position (where the run is 0). Both 1-D; the same rule as `ProbeGuard` applies per step."""
@@ -188,11 +245,14 @@ def run_lengths(over: np.ndarray, reset: np.ndarray) -> np.ndarray:
     return np.where(ok, idx - last_break, 0)
 
 
-def first_fire(readings: np.ndarray, threshold: float, k: int, start: int = 0) -> int | None:
-    """The first position ≥ `start` where the guard's run reaches `k` (runs start at `start`)."""
+def first_fire(readings: np.ndarray, threshold: float, k: int, start: int = 0, rule: str = "run") -> int | None:
+    """The first position ≥ `start` where the guard fires (`rule` with length `k`, counted from
+    `start`: the tag that opens the reply)."""
     r = np.asarray(readings)[start:]
-    run = run_lengths(r > threshold, np.zeros(len(r), bool))
-    hit = np.flatnonzero(run >= k)
+    reset = np.zeros(len(r), bool)
+    if len(r):
+        reset[0] = True
+    hit = np.flatnonzero(rule_scores(r, reset, rule, k) > threshold)
     return None if not len(hit) else int(hit[0]) + start
 
 

@@ -73,7 +73,8 @@ def _patterns() -> tuple[re.Pattern, re.Pattern]:
     labels = [formats.turn_label(r).strip() for r in formats.ROLE_LABELS]
     line = re.compile(r"^[ \t]*(?:" + "|".join([re.escape(x) for x in labels] + sorted(frame_rx, key=len, reverse=True)) + ")",
                       re.MULTILINE)
-    react = re.compile(r"(?<![\w-])(?:" + "|".join(sorted(set().union(*(forms(x, cap=False) for x in reactions)), key=len, reverse=True)) + ")")
+    react_rx = set().union(*(forms(x, cap=False) for x in reactions))
+    react = re.compile(r"(?<![\w-])(?:" + "|".join(sorted(react_rx, key=len, reverse=True)) + ")")
     return line, react
 
 
