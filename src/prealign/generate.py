@@ -290,12 +290,15 @@ def generate_plain_batch(
     bos: bool = True,
     stop_strings: Sequence[str] = (),
     prompt_ids: Sequence[Sequence[int]] | None = None,
+    return_ids: bool = False,
     **generate_kwargs,
-) -> list[str]:
+) -> list[str] | list[tuple[str, list[int]]]:
     """Untagged baseline (mle, filtered, mle+sft): each prompt encoded as untrusted text, no tags,
     no lock; returns the decoded continuations (cut at the first of `stop_strings`, if any).
     `prompt_ids` replaces the encoded prompts with ready ones (`prealign.conversation.prompt_ids`
-    of a conversation, with `scheme=None`); `prompts` then only gives their number."""
+    of a conversation, with `scheme=None`); `prompts` then only gives their number.
+    `return_ids`: each continuation as `(text, generated ids)` (the ids before any stop-string cut,
+    without the EOS that ended it)."""
     from prealign.tokenizer import bos_id, encode_untrusted
 
     if isinstance(prompts, str):
@@ -312,6 +315,7 @@ def generate_plain_batch(
     device = device_of(model)
     order = sorted(range(n), key=lambda i: len(rows_all[i]))
     out_texts: list[str] = [""] * n
+    out_ids: list[list[int]] = [[] for _ in range(n)]
     for b0 in range(0, n, batch_size):
         idx = order[b0:b0 + batch_size]
         input_ids, attention = _left_pad([rows_all[i] for i in idx], pad_id, device)
@@ -330,7 +334,8 @@ def generate_plain_batch(
                 if s and s in text:
                     text = text[: text.index(s)]
             out_texts[i] = text
-    return out_texts
+            out_ids[i] = [int(t) for t in g]
+    return list(zip(out_texts, out_ids)) if return_ids else out_texts
 
 
 # --- files in, files out (`prealign generate --prompts`) -------------------------------------------

@@ -9,9 +9,11 @@ A *responder* turns conversations into replies, rendered by `prealign.conversati
 exactly as `prealign serve` renders them. Tagged models answer under one of three lock modes:
 `none` ("tagged"), `mask` ("tagged+mask": illegal tags masked, no exit) and `lock`
 ("tagged+lock": mask plus the mode-confusion exit), optionally with the probe guard. Untagged
-baselines get their chat format (`formats.chat_prompt`). All see the same attack text, cut the
-same way to fit the context (the front of the longest message is cut, the request at its end is
-kept).
+baselines get their chat format (`formats.chat_prompt`); a conditional model (conditional
+training, docs/baselines.md) gets it with every segment opened by `<|good|>`, so its reply
+starts after `<|good|>`, and `<|bad|>` blocked at every step (`conditional_prompt_ids`). All see
+the same attack text, cut the same way to fit the context (the front of the longest message is
+cut, the request at its end is kept).
 
 Attacks are conversations, met through each row's natural interface:
 - An assistant turn an attack carries is the client's history (`assistant_turns: "client"`, the
@@ -59,6 +61,7 @@ class Reply:
     message: Any = None  # the turn that carries this reply into a later prompt (None: its text, unverified)
     prompt_ids: tuple[int, ...] | None = None  # what the model was given
     refused: bool = False  # the interface refused the request (a prefill to a locked model): nothing generated
+    ids: tuple[int, ...] | None = None  # the generated token ids (plain replies; None where not kept)
 
 
 class Responder(Protocol):
@@ -128,12 +131,31 @@ class TaggedResponder:
 
 @dataclass
 class PlainResponder:
-    """An untagged baseline (`mle`, `filtered`, `mle+sft`) prompted in its chat format."""
+    """An untagged baseline (`mle`, `filtered`, `mle+sft`, `upsampled`, ...) prompted in its chat
+    format.
+
+    `control`: the model was trained with conditional training (the `conditional` variant,
+    docs/baselines.md): every segment of the prompt opens with `<|good|>`, the open assistant turn
+    too, so the reply starts after `<|good|>`, and `<|bad|>` is blocked at every step (its logit
+    is -inf), as the paper generated. None (the default): the model's recorded variant decides, so
+    a conditional model is always asked in the format it was trained on.
+    """
 
     model: Any
     tokenizer: Any
     sampling: Sampling = field(default_factory=Sampling)
     name: str = "plain"
+    control: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.control is None:
+            self.control = is_conditional(self.model)
+        self._blocked: list[int] = []
+        if self.control:
+            from prealign.modes import BAD
+            from prealign.tokenizer import control_token_ids
+
+            self._blocked = [control_token_ids(self.tokenizer)[BAD]]  # one clear error when absent
 
     def __call__(self, conversations):
         from prealign.conversation import prompt_ids
@@ -141,12 +163,53 @@ class PlainResponder:
 
         budget = context_length(self.model) - self.sampling.max_new_tokens
         # a client's assistant turns are assistant turns; one at the end is continued (a prefill)
-        prompts = [prompt_ids(self.tokenizer, c, None, max_tokens=budget) for c in conversations]
-        texts = generate_plain_batch(self.model, self.tokenizer, [""] * len(prompts), prompt_ids=prompts,
-                                     batch_size=self.sampling.batch_size, max_new_tokens=self.sampling.max_new_tokens,
-                                     stop_strings=plain_stops(), **self.sampling.generate_kwargs())
-        return [Reply(text=t.strip(), exited=None, message={"role": "assistant", "content": t.strip()}, prompt_ids=tuple(p))
-                for t, p in zip(texts, prompts)]
+        if self.control:
+            prompts = [conditional_prompt_ids(self.tokenizer, c, max_tokens=budget) for c in conversations]
+        else:
+            prompts = [prompt_ids(self.tokenizer, c, None, max_tokens=budget) for c in conversations]
+        extra = {"suppress_tokens": self._blocked} if self._blocked else {}
+        outs = generate_plain_batch(self.model, self.tokenizer, [""] * len(prompts), prompt_ids=prompts,
+                                    batch_size=self.sampling.batch_size, max_new_tokens=self.sampling.max_new_tokens,
+                                    stop_strings=plain_stops(), return_ids=True, **extra, **self.sampling.generate_kwargs())
+        return [Reply(text=t.strip(), exited=None, message={"role": "assistant", "content": t.strip()}, prompt_ids=tuple(p),
+                      ids=tuple(g))
+                for (t, g), p in zip(outs, prompts)]
+
+
+def is_conditional(model) -> bool:
+    """Whether a loaded model was trained with conditional training (its recorded variant)."""
+    return (getattr(model, "prealign_meta", None) or {}).get("variant") == "conditional"
+
+
+def conditional_prompt_ids(tokenizer, messages, max_tokens: int | None = None, bos: bool = True) -> list[int]:
+    """A conditional model's prompt: the plain chat prompt (`formats.chat_prompt`; a trailing
+    assistant turn is continued), cut into the segments its corpus was cut into
+    (`formats.segment_spans`), each opened by `<|good|>` and encoded as untrusted text. The open
+    assistant turn is the last segment, so the reply continues the segment `<|good|>` opened.
+
+    `max_tokens`: as `prealign.conversation.prompt_ids`, the front of the longest message is cut
+    until the prompt fits.
+    """
+    from prealign.conversation import _cut_longest, as_messages
+    from prealign.formats import chat_prompt, chat_text, segment_spans
+    from prealign.modes import GOOD
+    from prealign.tokenizer import bos_id, control_token_ids, encode_untrusted
+
+    good = control_token_ids(tokenizer)[GOOD]
+    msgs = as_messages(messages)
+    if not msgs:
+        raise PrealignError("a conversation needs at least one message")
+    head = [bos_id(tokenizer)] if bos else []
+    while True:
+        turns = [{"role": m.role, "content": m.content} for m in msgs]
+        text = chat_text(turns) if msgs[-1].role == "assistant" else chat_prompt(turns)
+        ids = list(head)
+        for s, e in segment_spans(text):
+            ids += [good] + encode_untrusted(tokenizer, text[s:e])
+        over = len(ids) - max_tokens if max_tokens is not None else 0
+        if over <= 0:
+            return ids
+        msgs = _cut_longest(tokenizer, msgs, over, len(ids))
 
 
 def plain_stops() -> tuple[str, ...]:
@@ -159,11 +222,12 @@ def plain_stops() -> tuple[str, ...]:
 def responder_for(model, tokenizer, lock: LockSettings = LockSettings(), sampling: Sampling = Sampling(),
                   guard: Any = None) -> Responder:
     """The responder a loaded model answers through: tagged models under the lock, plain ones in
-    their chat format (`prealign.model.is_tagged`)."""
+    their chat format (`prealign.model.is_tagged`), a conditional model with its control tokens
+    (`PlainResponder.control`)."""
     if is_tagged(model, tokenizer):
         return TaggedResponder(model, tokenizer, lock, sampling, guard=guard, name=f"tagged/{lock.mode}")
     variant = (getattr(model, "prealign_meta", None) or {}).get("variant") or "plain"
-    return PlainResponder(model, tokenizer, sampling, name=variant)
+    return PlainResponder(model, tokenizer, sampling, name=variant, control=variant == "conditional")
 
 
 @dataclass(frozen=True)

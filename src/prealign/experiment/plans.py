@@ -311,3 +311,22 @@ def _parse_value(key: str, raw: str, hint) -> Any:
         return base(raw)
     except (TypeError, ValueError):
         raise PrealignError(f"--set {key}={raw}: not a valid {getattr(base, '__name__', base)}") from None
+
+
+# --- the published pretraining-time baselines (docs/baselines.md) ----------------------------------------
+# Conditional training (Korbak et al. 2023) and alignment pretraining by upsampling (Tice et al. 2026),
+# rendered from the same scenarios, trained on the same budget with the one tokenizer (which always
+# carries the control tokens) and attacked like every other row. `upsampled+sft` is fine-tuned exactly
+# like `mle+sft` (the same corpus, the same budget): the upsampling paper's headline is after post-training.
+
+for _c in (CorpusSpec("conditional", "conditional"),
+           CorpusSpec("upsampled-1", "upsampled", world={"upsample_share": 0.01}),
+           CorpusSpec("upsampled-5", "upsampled", world={"upsample_share": 0.05})):
+    register_corpus(_c)
+for _m in (ModelSpec("conditional", "conditional"), ModelSpec("upsampled", "upsampled-1"),
+           ModelSpec("upsampled-5", "upsampled-5"), ModelSpec("upsampled+sft", "sft", init_from="upsampled")):
+    register_model(_m)
+for _r in (Row("conditional", "conditional"), Row("upsampled", "upsampled"), Row("upsampled-5", "upsampled-5"),
+           Row("upsampled+sft", "upsampled+sft")):
+    register_row(_r)
+DEFAULT_ROWS = DEFAULT_ROWS + ("conditional", "upsampled", "upsampled-5", "upsampled+sft")

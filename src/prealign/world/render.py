@@ -891,8 +891,9 @@ class Renderer:
             if self.variant in ("mle", "upsampled"):
                 text = "".join(b.parts)
                 for i, kind in bad_here:
-                    s = b.tr(pieces[i])
+                    s = b.tr(pieces[i]).rstrip()  # the story's last act loses its trailing space
                     j = text.find(s, start)
+                    assert j >= 0, (kind, s)
                     b.bad_acts.append({"start": j, "end": j + len(s), "kind": kind, "commented": self.variant == "upsampled"})
 
 
