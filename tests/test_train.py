@@ -430,7 +430,7 @@ ROUND_TRIP = [
     dict(tokenizer="runs/tok", init_from="runs/m/base", preset="small", variant="mle", scheme="seed+unaligned",
          max_minutes=2.5, max_tokens=123456, epochs=0.5, exact_budget=True, seed=7, resume=True, tracker="wandb",
          hidden_size=48, n_layers=3, n_heads=6, intermediate_size=96, seq_len=64, batch_size=8, micro_batch_size=2, lr=3e-05, warmup_steps=9, dtype="bfloat16", min_lr_ratio=0.05,
-         weight_decay=0.0, beta1=0.8, beta2=0.99, grad_clip=0.5, val_fraction=0.2, val_rows=16, eval_every=7,
+         weight_decay=0.0, beta1=0.8, beta2=0.99, grad_clip=0.5, lora_rank=4, lora_alpha=16.0, val_fraction=0.2, val_rows=16, eval_every=7,
          log_every=3, checkpoint_every=11, stop_at_step=5, device="cpu", compile=False, threads=2, progress=False),
     dict(init_from="runs/m/mle", variant="sft", compile=True, out="runs/m/mle+sft", data="runs/world data/sft"),
 ]

@@ -31,9 +31,9 @@ def _register() -> None:
     global _registered
     if _registered:
         return
-    from prealign._cli import evals, foundation, generate, probe, synth, train, world
+    from prealign._cli import attack, evals, foundation, generate, probe, synth, train, world
 
-    for area in (foundation, world, train, generate, probe, evals, synth):
+    for area in (foundation, world, train, generate, probe, evals, synth, attack):
         area.register(app)
     _registered = True
 

@@ -11,6 +11,8 @@ with `--init-from` an `mle` model, which records the variant `mle+sft`). All var
 budget knob: `max_minutes` (wall clock of the training loop) and/or `max_tokens`; with
 `--exact-budget` (what the experiment uses) every run sees exactly `max_tokens` whatever the
 machine's load, and a clock cap that would cut it short is an error.
+`--lora-rank R` (with `--init-from`; needs the optional peft package) trains LoRA adapters on
+every linear layer instead of every weight, and saves the merged model.
 
 A run directory is an HF `save_pretrained` model directory (weights, config, tokenizer) plus
 `prealign_model.json` (variant, scheme, preset, data hash, resolved config, seed, version, git
@@ -85,6 +87,10 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    # LoRA (the optional peft package): adapters of this rank on every linear layer but the output
+    # head, the base weights frozen, merged into the saved model; None: full-parameter training
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # the adapters' scale numerator (None: 2 × lora_rank)
     # validation, logging, checkpoints
     val_fraction: float = 0.01
     val_rows: int = 64
@@ -116,12 +122,16 @@ class TrainConfig:
             if v is not None and v <= 0:
                 raise PrealignError(f"--{name.replace('_', '-')} must be positive, got {v}")
         for name in ("hidden_size", "n_layers", "n_heads", "intermediate_size", "seq_len", "batch_size",
-                     "micro_batch_size", "lr", "threads"):
+                     "micro_batch_size", "lr", "threads", "lora_rank", "lora_alpha"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise PrealignError(f"--{name.replace('_', '-')} must be positive, got {v}")
         if not 0 < self.val_fraction < 1:
             raise PrealignError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.lora_rank is not None and self.init_from is None:
+            raise PrealignError("--lora-rank adapts an existing model: give --init-from DIR")
+        if self.lora_alpha is not None and self.lora_rank is None:
+            raise PrealignError("--lora-alpha needs --lora-rank")
         if min(self.eval_every, self.log_every, self.checkpoint_every, self.val_rows) <= 0:
             raise PrealignError("eval_every, log_every, checkpoint_every and val_rows must be positive")
 
@@ -479,6 +489,8 @@ def train(config: TrainConfig) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if config.lora_rank:
+        model = apply_lora(model, config.lora_rank, config.lora_alpha)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -508,8 +520,8 @@ def train(config: TrainConfig) -> Path:
     budget_s = cfg["max_minutes"] * 60 if cfg["max_minutes"] is not None else None
 
     # optimiser: AdamW, decay on matrices only
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]  # LoRA freezes the base
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), fused=device.startswith("cuda") or None,
@@ -706,7 +718,7 @@ def train(config: TrainConfig) -> Path:
             state["metrics_lines"] += 1
     save_checkpoint()
     if d.main:
-        _save_model(out, raw_model, tokenizer, scheme, {
+        _save_model(out, raw_model.merge_and_unload() if config.lora_rank else raw_model, tokenizer, scheme, {
             "variant": variant_name,
             "scheme": scheme,
             "preset": config.preset,
@@ -726,6 +738,7 @@ def train(config: TrainConfig) -> Path:
             "final_val_loss": last_val,
             "stop_reason": stop_reason,
             "world_size": world,
+            "lora_rank": config.lora_rank,
             "device": device,
             "train_docs": train_docs.n_docs,
             "val_docs": val_docs.n_docs,
@@ -734,6 +747,18 @@ def train(config: TrainConfig) -> Path:
     tracker.finish()
     _barrier(d)
     return out
+
+
+def apply_lora(model, rank: int, alpha: float | None = None):
+    """`model` wrapped with LoRA adapters (peft) of `rank` on every linear layer but the output
+    head; only the adapters train. The same call rebuilds a LoRA run's checkpoint for reading."""
+    try:
+        import peft
+    except ImportError:
+        raise PrealignError("LoRA needs the peft package: pip install peft (or pip install 'prealign[lora]')") from None
+    cfg = peft.LoraConfig(r=int(rank), lora_alpha=float(alpha if alpha is not None else 2 * rank), lora_dropout=0.0,
+                          target_modules="all-linear", bias="none")
+    return peft.get_peft_model(model, cfg)
 
 
 def _truncate_lines(path: Path, n: int) -> None:
