@@ -3,7 +3,8 @@
     prealign probe train --model runs/demo/models/tagged --data runs/demo/data/calib
     prealign probe train --model runs/demo/models/tagged            # renders the world's calib split
 
-See the package docstring for the method; `choose_guard` states the rule.
+See the package docstring for the method; `choose_guard` states the rule. `replay_guard` measures
+a saved guard on evaluation outcome records the same way calibration measures it.
 """
 
 from __future__ import annotations
