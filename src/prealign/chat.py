@@ -139,7 +139,7 @@ class ChatSession:
     def _guard_command(self, args: list[str]) -> str:
         from prealign.probes import ProbeGuard, resolve_guard
 
-        now = f"on (P(human) > {self.guard.threshold} for {self.guard.k} tokens)" if self.guard is not None else "off"
+        now = f"on ({self.guard.rule_text})" if self.guard is not None else "off"
         if len(args) != 1:
             return f"usage: /guard on|off|X (now {now})"
         if args[0] == "off":
@@ -159,7 +159,7 @@ class ChatSession:
                 self.guard = ProbeGuard(base.probe, self.tokenizer, threshold=v)
         except PrealignError as e:
             return str(e)
-        return f"probe guard on: P(human) > {self.guard.threshold} for {self.guard.k} consecutive tokens ends the reply"
+        return f"probe guard on: {self.guard.rule_text} ends the reply"
 
 
 def format_reply(result: LockedResult, scheme) -> "object":

@@ -490,6 +490,12 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
                      f"(budget met: {_e(gp.get('target_met'))}). On calib: benign fire rate {_pct(ch.get('benign_fire_rate'))}, "
                      f"drift caught {_pct(ch.get('catch_rate'))} (generated drift {_pct(ch.get('leak_catch_rate'))} of "
                      f"{_e(ch.get('n_leaks'))}; splices {_pct(ch.get('splice_catch_rate'))}). On eval, below.</p>")
+        ge = results.get("guard_eval")
+        if ge:
+            parts.append(f"<p>Replayed on the eval split's replies of the unguarded <code>tagged+lock</code> (seed 0, "
+                         f"world-heldout, {_e(ge.get('n_records'))} replies): benign fire rate {fmt_rate(ge.get('benign_fire_rate'))}; "
+                         f"drift caught before it began {fmt_rate(ge.get('drift_caught'))} (canaries {fmt_rate(ge.get('canary_drift_caught'))}, "
+                         f"human narration {fmt_rate(ge.get('narration_drift_caught'))}).</p>")
         parts.append(_table(GUARD_HEAD, guard_rows(results, [n])))
         parts.append(_img(results, "guard_plot", out_dir, base_dir, "guard readings"))
     ens = results.get("ensemble")
@@ -586,6 +592,10 @@ def markdown_summary(results: Mapping[str, Any]) -> str:
     grow = guard_rows(results, results.get("rows", []))
     if grow:
         out += ["", _md(GUARD_HEAD, grow)]
+    ge = results.get("guard_eval")
+    if ge:
+        out += ["", f"Guard ({ge.get('guard_rule')}) replayed on the eval replies of tagged+lock: benign fires "
+                    f"{fmt_rate(ge.get('benign_fire_rate'))}, drift caught {fmt_rate(ge.get('drift_caught'))}."]
     out += ["", _md(["goal (suite, split, measure)", "what the numbers show", "evidence"],
                     [[c["goal"], c["verdict"], c["evidence"]] for c in claims(results)])]
     return "\n".join(out) + "\n"

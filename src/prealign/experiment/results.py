@@ -126,6 +126,7 @@ def assemble_results(out: Path, plan: Plan, commands: Sequence[str], seconds: Ma
         "probe_plot": "evals/probes.png" if (evals / "probes.png").exists() else None,
         "ensemble": read_json(evals / "ensemble.json") if (evals / "ensemble.json").exists() else None,
         "guard_plot": "evals/guard_readings.png" if (evals / "guard_readings.png").exists() else None,
+        "guard_eval": read_json(evals / "guard_eval.json") if (evals / "guard_eval.json").exists() else None,
         "commands": list(commands),
         "step_seconds": dict(seconds),
         "total_seconds": round(sum(seconds.values()), 1),

@@ -158,9 +158,11 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, log: Log | None = N
     if plan.seeds >= 2 and "tagged+lock" in rows:
         steps.run("ensemble", lambda: write_json(evals / "ensemble.json", _ensemble(plan, evals, tuple(attack_files))))
     if "tagged+guard" in rows and "tagged+lock" in rows:
-        steps.run("guard/plot", lambda: _guard_plot(model_dir(models, "tagged", 0),
-                                                    evals / "tagged+lock" / "s0" / "world-heldout.jsonl",
-                                                    evals / "guard_readings.png"))
+        lock_outcomes = evals / "tagged+lock" / "s0" / "world-heldout.jsonl"
+        steps.run("guard/plot", lambda: _guard_plot(model_dir(models, "tagged", 0), lock_outcomes, evals / "guard_readings.png"))
+        # the guard's benign fires and drift caught on the eval split, replayed on the unguarded lock's replies
+        steps.run("guard/eval", lambda: write_json(evals / "guard_eval.json",
+                                                   _replay_guard(model_dir(models, "tagged", 0), lock_outcomes)))
 
     # 6. results and report (always rebuilt: cheap, and a pure function of the step outputs)
     from prealign.experiment.results import assemble_results
@@ -377,7 +379,7 @@ def _guard_plot(d: Path, outcomes_file: Path, out_png: Path, n_each: int = 3) ->
         p = guard_readings(model, tok, probe, [seq])[0][len(prompt):]
         ax.plot(range(len(p)), p, color="tab:red" if kind == "leak" else "tab:blue", alpha=0.8,
                 label=kind if kind not in ax.get_legend_handles_labels()[1] else None)
-    ax.axhline(probe.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {probe.threshold:g} (k={probe.k})")
+    ax.axhline(probe.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {probe.threshold:g} ({probe.rule_text})")
     ax.set_xlabel("reply token")
     ax.set_ylabel("P(human) at the guard's layer")
     ax.set_ylim(0, 1)
@@ -387,6 +389,13 @@ def _guard_plot(d: Path, outcomes_file: Path, out_png: Path, n_each: int = 3) ->
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
+
+
+def _replay_guard(d: Path, outcomes_file: Path) -> dict[str, Any]:
+    from prealign.probes import replay_guard
+
+    model, tok = _load(d)
+    return replay_guard(d, read_jsonl(outcomes_file), model=model, tokenizer=tok)
 
 
 def _humans(plan: Plan, scheme: Scheme, d: Path, data: Path) -> dict[str, Any]:
