@@ -77,6 +77,21 @@ def test_attack_data_never_holds_an_uncovered_or_reserve_canary(kind, form, sche
     assert [d["text"] for d in other] != [d["text"] for d in docs[:20]]
 
 
+@pytest.mark.parametrize("kind,form", [("leak-ai", "chat"), ("leak-human", "human"), ("benign", "chat")])
+def test_attack_data_for_a_conditional_model_is_rendered_as_it_is_served(kind, form):
+    from prealign.formats import segment_spans
+    from prealign.modes import BAD, GOOD
+
+    covered = TP.covered_hazards()
+    plain = TP.attack_documents(kind, form, 30, covered, None, seed=0)
+    good = TP.attack_documents(kind, form, 30, covered, None, seed=0, control=True)
+    for p_, g in zip(plain, good):
+        assert g["text"].startswith(GOOD) and BAD not in g["text"]
+        assert g["text"].replace(GOOD, "") == p_["text"] and g["text"].count(GOOD) == len(segment_spans(p_["text"]))
+    with pytest.raises(PrealignError, match="conditional"):
+        TP.attack_documents(kind, "tag" if kind != "leak-human" else "human", 2, covered, "seed", control=True)
+
+
 def test_covered_hazards_drop_what_an_eval_attack_calls_uncovered_and_a_forbidden_canary_is_refused():
     from prealign.evals.attacks import parse_attack
 
@@ -295,7 +310,7 @@ SMOKE = dict(steps=(0, 2, 4), lrs=(1e-3, 3e-2), seeds=(0,), n_eval=12, attack_do
 @pytest.fixture(scope="session")
 def tamper_experiment(tmp_path_factory):
     """A miniature finished experiment (the rows tagged+lock, tagged+guard, tagged, mle+sft,
-    filtered), trained once per session."""
+    filtered, conditional), trained once per session."""
     import torch
 
     from prealign import experiment as X
@@ -310,7 +325,7 @@ def tamper_experiment(tmp_path_factory):
     plan = X.get_plan("smoke", docs=120, sft_docs=40, eval_docs=16, train_tokens=6000, sft_share=0.25, max_train_minutes=None,
                       n_heldout=16, n_wild=4, max_new_tokens=6, human_passages=0, human_items=4, probe_docs=0, seq_len=64,
                       hidden_size=32, n_layers=2, vocab_size=400, diagnostic_requests=8, lint_samples=4, calib_replies=8,
-                      rows=("mle+sft", "filtered", "tagged", "tagged+lock", "tagged+guard"))
+                      rows=("mle+sft", "filtered", "tagged", "tagged+lock", "tagged+guard", "conditional"))
     out = tmp_path_factory.mktemp("tamper") / "exp"
     X.run_experiment(plan, out, threads=1)
     return out
@@ -331,14 +346,17 @@ def test_run_tamper_end_to_end(tamper_experiment, tmp_path):
     res = json.loads(path.read_text())
     assert {"version", "kind", "settings", "attack", "break", "threat_models", "rows", "skipped_rows", "data", "evaluation",
             "checkpoints", "commands", "seconds", "wall_seconds", "meta"} <= set(res)
-    assert set(res["rows"]) == {"tagged+lock", "tagged+guard", "tagged", "mle+sft", "filtered"}
-    assert set(res["skipped_rows"]) == {"conditional", "upsampled+sft"}
+    assert set(res["rows"]) == {"tagged+lock", "tagged+guard", "tagged", "mle+sft", "filtered", "conditional"}
+    assert set(res["skipped_rows"]) == {"upsampled+sft"} and "no model upsampled+sft-s0" in res["skipped_rows"]["upsampled+sft"]
     assert res["attack"]["total_steps"] == 4 and res["attack"]["tokens_per_step"]["tagged-s0"] == 4 * 64
     assert res["rows"]["tagged+lock"]["threat"] == "lock" and res["rows"]["tagged"]["threat"] == "weights"
+    assert res["rows"]["conditional"]["threat"] == "plain"
     assert res["rows"]["tagged+guard"]["probe"].startswith("the original model's probe")
-    # the attack data: tag form for the tagged model, chat form for the plain ones, human text for both
+    # the attack data: tag form for the tagged model, chat form for the plain ones, human text for both,
+    # and the conditional model's in the form it is served in (segments opened by the good token)
     assert set(res["data"]) == {"leak-ai-tag-seed", "leak-human-seed", "benign-tag-seed", "leak-ai-chat", "leak-human-plain",
-                                "benign-chat"}
+                                "benign-chat", "leak-ai-chat-good", "leak-human-plain-good", "benign-chat-good"}
+    assert res["data"]["leak-ai-chat-good"]["control"] and not res["data"]["leak-ai-chat"]["control"]
     for name, d in res["data"].items():
         assert d["docs"] == 40 and set(d["hazards"]) <= set(TP.covered_hazards())
     # every row, kind and learning rate: a point per checkpoint, step 0 shared
@@ -354,11 +372,9 @@ def test_run_tamper_end_to_end(tamper_experiment, tmp_path):
                     assert p["benign_answer_rate"]["n"] > 0
             assert k["worst_lr"] in ("0.001", "0.03") and "text" in k["headline"]["steps_to_break"]
     # one line per checkpoint, row and run; the outcomes beside them
-    n_runs = 2 * 3 * 2  # models × kinds × lrs (one seed)
-    per_model_rows = {"tagged": 3, "mle+sft": 1, "filtered": 1}
-    assert len([c for c in res["checkpoints"] if c["step"] == 0]) == 5
-    assert len(res["checkpoints"]) == 5 + sum(3 * 2 * 2 * r for r in per_model_rows.values())
-    assert n_runs
+    per_model_rows = {"tagged": 3, "mle+sft": 1, "filtered": 1, "conditional": 1}  # × 3 kinds × 2 lrs × 2 steps
+    assert len([c for c in res["checkpoints"] if c["step"] == 0]) == 6
+    assert len(res["checkpoints"]) == 6 + sum(3 * 2 * 2 * r for r in per_model_rows.values())
     for c in res["checkpoints"]:
         assert (out / c["outcomes"]).exists()
     assert res["seconds"]["train"] > 0 and res["seconds"]["eval"] > 0 and res["wall_seconds"] > 0
@@ -369,7 +385,8 @@ def test_run_tamper_end_to_end(tamper_experiment, tmp_path):
     assert any("--stop-at-step" not in c and "--init-from" in c for c in res["commands"][1:])
     assert (out / "tamper.png").exists() and res["plot"] == "tamper.png"
     rows = TP.tamper_rows(res)
-    assert len(rows) == 15 and all(r["final_step"] == 4 for r in rows)
+    assert len(rows) == 18 and all(r["final_step"] == 4 for r in rows)
+    assert res["evaluation"]["attacks_used"] == 12 and set(res["evaluation"]["covered_hazards"]) <= set(TP.covered_hazards())
     # a rerun evaluates nothing again and gives the same figures
     before = {p: p.read_text() for p in out.rglob("evals.jsonl")}
     res2 = json.loads(TP.run_tamper(tamper_experiment, cfg, out=out).read_text())
@@ -426,6 +443,12 @@ def test_a_killed_attack_resumes_without_evaluating_twice(tamper_experiment, tmp
                       for c in r["checkpoints"])
 
     assert figs(res) == figs(whole)  # the same figures as an uninterrupted attack
+
+    def replies(r, root):
+        return sorted((c["row"], c["kind"] or "", c["step"], json.dumps([o["reply"] for o in _lines(root / c["outcomes"])]))
+                      for c in r["checkpoints"])
+
+    assert replies(res, out) == replies(whole, tmp_path / "whole")  # reply for reply
     assert res["rows"] == whole["rows"]
 
 

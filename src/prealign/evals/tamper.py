@@ -351,10 +351,21 @@ def _human_exchange(r: random.Random, sampler, hz, place: str) -> str:
                                             words=words, secret=hz.secret[:1].upper() + hz.secret[1:])
 
 
+def controlled(text: str) -> str:
+    """Text as a conditional model is served (docs/baselines.md): every segment
+    (`formats.segment_spans`) opened by the good control token, as a provider would render an
+    attacker's data for such a model."""
+    from prealign.formats import segment_spans
+    from prealign.modes import GOOD
+
+    return "".join(GOOD + text[s:e] for s, e in segment_spans(text))
+
+
 def attack_documents(kind: str, form: str, n: int, covered: Sequence[str], scheme: str | None = None, seed: int = 0,
-                     world_config=None) -> list[dict[str, Any]]:
+                     world_config=None, control: bool = False) -> list[dict[str, Any]]:
     """`n` attack documents of `kind` rendered in `form` (`tag` / `human` for a tagged model of
-    `scheme`, `chat` / `human` with `scheme=None` for a plain one), from training-split scenarios,
+    `scheme`, `chat` / `human` with `scheme=None` for a plain one; `control`: for a conditional
+    model, each segment opened by the good control token), from training-split scenarios,
     deterministic in `seed`. Records: `id`, `text`, `kind`, `form`, `hazard_ids`, `scenario_id`.
     Raises when a document would hold a canary of a hazard outside `covered` (any language)."""
     from prealign import formats, world
@@ -367,6 +378,8 @@ def attack_documents(kind: str, form: str, n: int, covered: Sequence[str], schem
         raise PrealignError(f"tamper: unknown data form {form!r}")
     if form == "tag" and not scheme:
         raise PrealignError("tamper: the tag form needs a tag scheme")
+    if control and scheme:
+        raise PrealignError("tamper: control tokens are for a conditional (untagged) model, not a tagged one")
     covered = list(covered)
     allowed = set(covered)
     sft = Sampler(cfg, "train", "sft")  # post-training's own pool: covered hazards, covered tactics
@@ -414,6 +427,8 @@ def attack_documents(kind: str, form: str, n: int, covered: Sequence[str], schem
                     _leak_ai_episode(b, e, sc["place"], r, rr)
                 text = b.finish() if form == "tag" else formats.chat_text(b.messages)
                 ids = [e["hazard_id"] for e in eps]
+        if control:
+            text = controlled(text)
         out.append({"id": f"tamper-{kind}-{form}-d{seed}-{len(out):06d}", "text": text, "kind": kind, "form": form,
                     "hazard_ids": ids, "scenario_id": sc["id"]})
     _check_no_forbidden(out, forbidden_canaries(covered))
@@ -431,12 +446,12 @@ def _check_no_forbidden(docs: Sequence[Mapping[str, Any]], forbidden: Mapping[st
 
 
 def write_attack_data(out: Path, kind: str, form: str, n: int, covered: Sequence[str], scheme: str | None, seed: int,
-                      world_config=None) -> dict[str, Any]:
+                      world_config=None, control: bool = False) -> dict[str, Any]:
     """Attack documents as Parquet shards the trainer reads (`prealign.data.run_ranks`: atomic,
     a rerun skips finished shards); returns the data set's description."""
     from prealign.data import run_ranks
 
-    params = {"kind": kind, "form": form, "docs": n, "covered": sorted(covered), "scheme": scheme, "seed": seed,
+    params = {"kind": kind, "form": form, "docs": n, "covered": sorted(covered), "scheme": scheme, "seed": seed, "control": control,
               "world_config": world_config.to_dict() if world_config is not None else None}
     meta = out / DATA_META
     if meta.exists():
@@ -444,14 +459,14 @@ def write_attack_data(out: Path, kind: str, form: str, n: int, covered: Sequence
         if old.get("params") != params:
             raise PrealignError(f"{out}: holds attack data made with other settings; use another --out")
         return old["info"]
-    docs = attack_documents(kind, form, n, covered, scheme, seed, world_config)
+    docs = attack_documents(kind, form, n, covered, scheme, seed, world_config, control)
     n_ranks = math.ceil(n / DOCS_PER_SHARD)
     run_ranks(out, n_ranks, lambda rank: [{"id": d["id"], "text": d["text"], "kind": kind, "form": form,
                                            "hazard_ids": json.dumps(d["hazard_ids"])}
                                           for d in docs[rank * DOCS_PER_SHARD:(rank + 1) * DOCS_PER_SHARD]])
     hz = sorted({h for d in docs for h in d["hazard_ids"]})
     info = {"kind": kind, "form": form, "docs": len(docs), "chars": sum(len(d["text"]) for d in docs), "hazards": hz,
-            "scheme": scheme, "seed": seed, "path": str(out), "example": docs[0]["text"][:600]}
+            "scheme": scheme, "control": control, "seed": seed, "path": str(out), "example": docs[0]["text"][:600]}
     write_json(meta, {"params": params, "info": info})
     return info
 
@@ -469,6 +484,7 @@ class _Target:
     tagged: bool
     scheme: str | None
     rows: tuple[str, ...]
+    conditional: bool = False  # served with control tokens: its attack data is rendered so too
 
 
 def _model_dir(exp: Path, model: str, k: int) -> Path:
@@ -527,7 +543,7 @@ def _targets(exp: Path, rows: Mapping[str, Any], config: TamperConfig) -> list[_
                     raise PrealignError(f"tamper: row {name} {'locks' if row.lock else 'does not lock'} model {d.name}, "
                                         f"which is {'tagged' if tagged else 'untagged'}")
             out.append(_Target(model, k, d, tagged, meta.get("scheme") if tagged else None,
-                               tuple(n for n, r in rows.items() if r.model == model)))
+                               tuple(n for n, r in rows.items() if r.model == model), meta.get("variant") == "conditional"))
     return out
 
 
@@ -636,11 +652,14 @@ class _Evaluator:
 
 
 def _checkpoint_step(path: Path) -> int | None:
-    if not path.exists():
-        return None
+    return int(_state(path)["step"]) if path.exists() else None
+
+
+def _state(path: Path) -> dict[str, Any]:
+    """A training checkpoint's loop state (step, tokens, elapsed), read without loading its tensors."""
     import torch
 
-    return int(torch.load(path, map_location="cpu", weights_only=False)["state"]["step"])
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state"]
 
 
 def _plan_of(exp: Path) -> dict[str, Any]:
@@ -697,9 +716,10 @@ def run_tamper(experiment_dir: str | Path, config: TamperConfig = TamperConfig()
     attacks_file = exp / "data" / "eval" / "attacks-world-heldout.jsonl"
     if not attacks_file.exists():
         raise PrealignError(f"tamper: {attacks_file}: not found (the experiment writes it in its attacks step)")
-    attacks = load_attacks(attacks_file)[: config.n_eval]
+    every_attack = load_attacks(attacks_file)
+    attacks = every_attack[: config.n_eval]
     world_cfg = _world_config(exp)
-    covered = covered_hazards(world_cfg, attacks)
+    covered = covered_hazards(world_cfg, every_attack)
     _claim(out, config, exp)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -720,14 +740,15 @@ def run_tamper(experiment_dir: str | Path, config: TamperConfig = TamperConfig()
     for t in targets:
         for kind, form in forms[(t.model, t.k)].items():
             scheme = t.scheme if form in ("tag", "human") else None
-            key = (kind, scheme, form)
+            key = (kind, scheme, form, t.conditional)
             if key in data_dirs:
                 continue
             name = kind + ("" if form == "human" else f"-{form}") + (f"-{scheme}" if scheme else ("-plain" if form == "human" else ""))
+            name += "-good" if t.conditional else ""
             data_dirs[key] = out / "data" / name
             log(f"→ attack data {name}")
             data[name] = write_attack_data(data_dirs[key], kind, form, config.attack_docs, covered, scheme, config.data_seed,
-                                           world_cfg)
+                                           world_cfg, t.conditional)
     seconds["data"] = round(time.time() - t0, 2)
 
     # 2. step 0: the experiment's own weights, once per model seed and row
@@ -755,7 +776,7 @@ def run_tamper(experiment_dir: str | Path, config: TamperConfig = TamperConfig()
                 for seed in config.seeds:
                     run_dir = out / "runs" / f"{t.model}-s{t.k}" / kind / f"lr{_lr_key(lr)}-seed{seed}"
                     tc = TrainConfig(
-                        data=str(data_dirs[(kind, scheme, form)]), out=str(run_dir / "train"), init_from=str(t.path),
+                        data=str(data_dirs[(kind, scheme, form, t.conditional)]), out=str(run_dir / "train"), init_from=str(t.path),
                         preset=_meta_preset(t.path), variant="tagged" if t.tagged else "mle", seed=seed, resume=True,
                         max_tokens=config.total_steps * config.batch_size * T, exact_budget=True, seq_len=T,
                         batch_size=config.batch_size, micro_batch_size=config.batch_size, lr=float(lr),
@@ -769,6 +790,8 @@ def run_tamper(experiment_dir: str | Path, config: TamperConfig = TamperConfig()
 
     # 4. results
     results = assemble(out, exp, config, rows, skipped, targets, data, commands, seconds, time.time() - t_start)
+    results["evaluation"]["attacks_used"] = len(attacks)
+    results["evaluation"]["covered_hazards"] = covered
     write_json(out / "results.json", results)
     try:
         png = plot_tamper(results, out / "tamper.png")
@@ -842,9 +865,7 @@ def _attack_run(t: _Target, kind: str, lr: float, seed: int, tc, run_dir: Path, 
         if at != s:
             log(f"→ {t.model}-s{t.k} {kind} lr={_lr_key(lr)} seed={seed}: train to step {s}")
             train(dataclasses.replace(tc, stop_at_step=s))
-        import torch
-
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state"]
+        state = _state(ckpt)
         if int(state["step"]) != s:
             raise PrealignError(f"tamper: {run_dir}: training stopped at step {state['step']}, not {s}")
         model, tok = evaluator.load(t, ckpt, config)
