@@ -295,18 +295,32 @@ def pack_documents(
     return PackedDocs(tokens, offsets, eos_id, mask)
 
 
+PACKINGS = ("stream", "aligned")
+
+
 class PackedRows:
     """Rows of `seq_len + 1` tokens from an epoch-shuffled stream of `docs`.
 
     Global row `g` is row `g % rows_per_epoch` of epoch `g // rows_per_epoch`; `get(rows)` gathers
     any set of global rows with a few vectorised look-ups (no Python loop over tokens). With
     `shuffle=False` every epoch keeps the stored order (validation).
+
+    `packing="stream"` (GPT-2 style) cuts the stream into consecutive rows, so most rows begin in
+    the middle of a document. `packing="aligned"` begins every row at a document start, right
+    after the EOS that opens it (nanochat's BOS-aligned rows): a row holds whole documents and the
+    start of the next one, which then opens the following row from its beginning (a document
+    longer than a row keeps only its first `seq_len` tokens). A tagged model then always sees the
+    tag that set its mode, instead of learning to guess tags whose context was cut away. An epoch
+    is `n_tokens // seq_len` rows either way (aligned rows repeat the cropped starts, so an epoch
+    reaches slightly fewer documents of its order).
     """
 
-    def __init__(self, docs: PackedDocs, seq_len: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, docs: PackedDocs, seq_len: int, seed: int = 0, shuffle: bool = True, packing: str = "stream"):
         if docs.n_docs == 0:
             raise PrealignError("no documents to pack")
-        self.docs, self.seq_len, self.seed, self.shuffle = docs, seq_len, seed, shuffle
+        if packing not in PACKINGS:
+            raise PrealignError(f"packing must be one of {', '.join(PACKINGS)}, got {packing!r}")
+        self.docs, self.seq_len, self.seed, self.shuffle, self.packing = docs, seq_len, seed, shuffle, packing
         self.rows_per_epoch = docs.n_tokens // seq_len  # stream = 1 + n_tokens; (len - 1) // T
         if self.rows_per_epoch == 0:
             raise PrealignError(f"the corpus has {docs.n_tokens} tokens, fewer than one row of {seq_len + 1}")
@@ -317,15 +331,32 @@ class PackedRows:
         """The document order of `epoch` (a permutation of document indices)."""
         return self._epoch(epoch)[0]
 
-    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if epoch not in self._epochs:
             n = self.docs.n_docs
             perm = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
             ends = np.cumsum(self._lengths[perm])
+            starts = self._aligned_starts(ends) if self.packing == "aligned" else None
             if len(self._epochs) >= 2:
                 self._epochs.pop(min(self._epochs))
-            self._epochs[epoch] = (perm, ends)
+            self._epochs[epoch] = (perm, ends, starts)
         return self._epochs[epoch]
+
+    def _aligned_starts(self, ends: np.ndarray) -> np.ndarray:
+        """Stream position of each aligned row's opening EOS, for the epoch's document ends."""
+        T, n = self.seq_len, len(ends)
+        doc_start = np.concatenate([[0], ends[:-1]])  # shuffled position of each document's first token
+        out = np.empty(self.rows_per_epoch, dtype=np.int64)
+        k = 0
+        for r in range(self.rows_per_epoch):
+            if k >= n:  # the order ran out (only for a corpus of a few very long documents): start over
+                k = 0
+            out[r] = doc_start[k]
+            # the row ends at doc_start[k] + T - 1; the document it cuts opens the next row (a document
+            # that ends exactly there is whole, and one that fills the whole row is not repeated)
+            nxt = int(np.searchsorted(ends, doc_start[k] + T, side="right"))
+            k = nxt if nxt > k else k + 1
+        return out
 
     def get(self, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Tokens `[len(rows), seq_len + 1]` (int64) and the target mask (uint8) or None."""
@@ -336,9 +367,12 @@ class PackedRows:
         epochs = rows // self.rows_per_epoch
         for epoch in np.unique(epochs):
             sel = np.nonzero(epochs == epoch)[0]
-            perm, ends = self._epoch(int(epoch))
+            perm, ends, starts = self._epoch(int(epoch))
             # stream position p: 0 is the opening EOS, p >= 1 is token p - 1 of the shuffled docs
-            pos = (rows[sel] % self.rows_per_epoch)[:, None] * T + np.arange(T + 1)[None, :] - 1
+            local = rows[sel] % self.rows_per_epoch
+            # an aligned row begins with the EOS that opens its first document (position start - 1)
+            first = starts[local] if starts is not None else local * T
+            pos = np.minimum(first[:, None] + np.arange(T + 1)[None, :] - 1, int(ends[-1]) - 1)
             q = np.maximum(pos, 0)
             k = np.searchsorted(ends, q, side="right")
             idx = self.docs.offsets[perm[k]] + (q - (ends[k] - self._lengths[perm[k]]))

@@ -91,6 +91,7 @@ class TrainConfig:
     # head, the base weights frozen, merged into the saved model; None: full-parameter training
     lora_rank: int | None = None
     lora_alpha: float | None = None  # the adapters' scale numerator (None: 2 × lora_rank)
+    packing: str = "stream"  # stream: GPT-2-style rows across documents; aligned: every row starts at a document
     # validation, logging, checkpoints
     val_fraction: float = 0.01
     val_rows: int = 64
@@ -113,6 +114,10 @@ class TrainConfig:
             raise PrealignError(f"unknown tracker {self.tracker!r}; choose one of: {', '.join(TRACKERS)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise PrealignError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        from prealign.data import PACKINGS
+
+        if self.packing not in PACKINGS:
+            raise PrealignError(f"unknown packing {self.packing!r}; choose one of: {', '.join(PACKINGS)}")
         if self.exact_budget and self.max_tokens is None:
             raise PrealignError("--exact-budget needs --max-tokens (the budget it makes exact)")
         if self.tokenizer is None and self.init_from is None:
@@ -507,8 +512,8 @@ def train(config: TrainConfig) -> Path:
     if B % (micro * world):
         raise PrealignError(f"batch size {B} is not a multiple of micro batch {micro} × {world} process(es)")
     accum = B // (micro * world)
-    rows = PackedRows(train_docs, T, seed=config.seed)
-    val = PackedRows(val_docs, T, shuffle=False)
+    rows = PackedRows(train_docs, T, seed=config.seed, packing=config.packing)
+    val = PackedRows(val_docs, T, shuffle=False, packing=config.packing)
     n_val = min(cfg["val_rows"], val.rows_per_epoch)
     tokens_per_step = B * T
     total_steps = None

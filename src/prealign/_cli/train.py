@@ -47,6 +47,7 @@ def train_command(
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Train LoRA adapters of this rank (needs peft and --init-from) instead of every weight."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scale numerator (default: 2 × --lora-rank)."),
     val_fraction: float = typer.Option(0.01, "--val-fraction", help="Share of documents held out."),
+    packing: str = typer.Option("stream", "--packing", help="stream (rows run across documents) | aligned (every row starts at a document, after its EOS)."),
     val_rows: int = typer.Option(64, "--val-rows", help="Validation rows scored each time."),
     eval_every: int = typer.Option(200, "--eval-every", help="Steps between validation losses."),
     log_every: int = typer.Option(10, "--log-every", help="Steps between metrics lines."),
@@ -67,7 +68,7 @@ def train_command(
         intermediate_size=intermediate_size, batch_size=batch_size, micro_batch_size=micro_batch_size,
         seq_len=seq_len, lr=lr, warmup_steps=warmup_steps, dtype=dtype, min_lr_ratio=min_lr_ratio,
         weight_decay=weight_decay, beta1=beta1, beta2=beta2, grad_clip=grad_clip, lora_rank=lora_rank, lora_alpha=lora_alpha, val_fraction=val_fraction,
-        val_rows=val_rows, eval_every=eval_every, log_every=log_every, checkpoint_every=checkpoint_every,
+        packing=packing, val_rows=val_rows, eval_every=eval_every, log_every=log_every, checkpoint_every=checkpoint_every,
         stop_at_step=stop_at_step, device=device, compile=compile, threads=threads, progress=progress,
     )
     train(config)

@@ -52,6 +52,7 @@ class Plan:
     lint_samples: int = 300  # free samples of the tagged model for the grammar diagnostic
     calib_replies: int = 300  # the guard's calibration replies (calib split)
     preset: str = "tiny"
+    packing: str = "stream"  # how training rows are cut from the corpus (prealign.data.PackedRows)
     seq_len: int | None = None  # None: the preset's
     batch_size: int | None = None
     hidden_size: int | None = None  # None: the preset's (tests shrink the model)

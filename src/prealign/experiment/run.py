@@ -261,7 +261,7 @@ def _train_config(plan: Plan, model: str, k: int, data: Path, tok_dir: Path, mod
     spec = MODELS[model]
     common = dict(data=str(data / spec.corpus), out=str(model_dir(models, model, k)), preset=plan.preset,
                   variant=CORPORA[spec.corpus].variant, scheme=plan.scheme, seed=plan.seed + k, resume=True,
-                  exact_budget=True, max_minutes=plan.max_train_minutes, progress=True)
+                  exact_budget=True, max_minutes=plan.max_train_minutes, packing=plan.packing, progress=True)
     if spec.init_from is None:
         shape = {f: getattr(plan, f) for f in ("seq_len", "batch_size", "hidden_size", "n_layers") if getattr(plan, f)}
         return TrainConfig(tokenizer=str(tok_dir), max_tokens=plan.train_tokens, **common, **shape)
