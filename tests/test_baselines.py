@@ -374,6 +374,13 @@ def test_conditional_prompt_is_cut_to_fit(tokenizer):
     assert len(ids) <= 120 and ids.count(control_token_ids(tokenizer)[GOOD]) >= 2
     with pytest.raises(PrealignError, match="at least one message"):
         conditional_prompt_ids(tokenizer, [])
+    # a babbled reply that starts inside a multi-byte character: cutting one token decodes to the
+    # same text, so the cut goes on until the text changes
+    babble = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "\ufffd\ufffdingau Ho N andl\ufffdorgy"},
+              {"role": "user", "content": "Tell me."}]
+    full = len(conditional_prompt_ids(tokenizer, babble))
+    for k in (1, 2, 3):
+        assert len(conditional_prompt_ids(tokenizer, babble, max_tokens=full - k)) <= full - k
 
 
 def test_responder_for_picks_by_the_recorded_variant(tokenizer):
