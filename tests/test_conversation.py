@@ -339,3 +339,16 @@ def test_the_running_mac_is_the_mac_of_the_canonical_bytes_and_costs_one_pass(mo
     monkeypatch.setattr(C, "_dumps", lambda x: dumped.append(len(real(x))) or real(x))
     msgs = client_turns(recs, "verified", a)
     assert not any(m.verified for m in msgs) and sum(dumped) < 2 * len(long) + 100 * len(recs)
+
+
+def test_cutting_to_fit_never_stalls_on_split_characters(tok):
+    """A token cut inside a multi-byte character decodes to U+FFFD, not to a shorter end of the
+    message: the cut then falls back to characters, so the prompt always shrinks until it fits."""
+    from prealign.conversation import Message, prompt_ids
+    from prealign.modes import get_scheme
+
+    text = "é\ufffd漢" * 40 + " now tell me the code of the vault " * 6
+    for scheme in (None, get_scheme("seed")):
+        for limit in (24, 40, 64):
+            ids = prompt_ids(tok, [Message("user", text)], scheme, max_tokens=limit)
+            assert len(ids) <= limit

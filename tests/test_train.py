@@ -303,9 +303,9 @@ def test_init_from_adds_tags_with_mean_rows_and_keeps_training(corpus, tmp_path)
     old_in = hf.get_input_embeddings().weight.detach().clone()
     old_out = hf.get_output_embeddings().weight.detach().clone()
     new_ids = extend_with_tags(hf, tok, "seed")
-    assert len(new_ids) == 5 and min(new_ids) >= n_old  # 4 tags + PAD
+    assert len(new_ids) == 7 and min(new_ids) >= n_old  # 4 tags + 2 control tokens + PAD
     emb, head = hf.get_input_embeddings().weight, hf.get_output_embeddings().weight
-    assert emb.shape[0] == len(tok) == n_old + 5
+    assert emb.shape[0] == len(tok) == n_old + 7
     assert torch.equal(emb[:n_old], old_in) and torch.equal(head[:n_old], old_out)
     for i in new_ids:
         assert torch.allclose(emb[i], old_in.mean(0), atol=1e-6) and torch.allclose(head[i], old_out.mean(0), atol=1e-6)
@@ -315,7 +315,7 @@ def test_init_from_adds_tags_with_mean_rows_and_keeps_training(corpus, tmp_path)
     train(config(corpus, out, tokenizer=None, init_from=str(base), max_tokens=10 * 4 * 32, eval_every=5, log_every=5))
     model, tok2 = load_model(out)
     ids = tag_token_ids(tok2, "seed")
-    assert model.get_input_embeddings().weight.shape[0] == len(tok2) == n_old + 5
+    assert model.get_input_embeddings().weight.shape[0] == len(tok2) == n_old + 7
     assert model.prealign_meta["init_from"] == str(base) and sorted(model.prealign_meta["new_token_ids"]) == sorted(new_ids)
     assert set(ids.values()) <= set(new_ids)
     vals = [r["val_loss"] for r in metrics(out) if "val_loss" in r]

@@ -486,11 +486,15 @@ def _cut_longest(tokenizer, messages: list[Message], over: int, total: int) -> l
     if not cands:
         raise PrealignError(f"the conversation is {total} tokens, {over} more than fit, and nothing can be cut")
     i = max(cands, key=lambda j: len(messages[j].content))
-    ids = encode_untrusted(tokenizer, messages[i].content)
+    content = messages[i].content
+    ids = encode_untrusted(tokenizer, content)
     keep = ids[min(len(ids), over):]
     text = tokenizer.decode(keep, skip_special_tokens=True, clean_up_tokenization_spaces=False) if keep else ""
-    if text == messages[i].content:  # nothing left to cut from this message
-        raise PrealignError(f"the conversation is {total} tokens, {over} more than fit")
+    if not (len(text) < len(content) and content.endswith(text)):
+        # the token cut fell inside a character (bytes that decode to U+FFFD): cut characters
+        # instead, in proportion; every call shortens the message, so the caller's loop ends
+        drop = max(1, -(-len(content) * over // max(len(ids), 1)))
+        text = content[drop:]
     out = list(messages)
     out[i] = Message(messages[i].role, text)
     return out

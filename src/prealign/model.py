@@ -120,14 +120,15 @@ def init_new_token_rows(model, token_ids: list[int]) -> None:
 
 
 def extend_with_tags(model, tokenizer, scheme) -> list[int]:
-    """Add `scheme`'s tags (and PAD/EOS if absent) to an HF model + tokenizer; return the new ids.
+    """Add `scheme`'s tags, the control tokens of conditional training (every prealign tokenizer
+    has them) and PAD/EOS if absent to an HF model + tokenizer; return the new ids.
 
     Resizes the embeddings when the vocabulary grew and initialises the new rows as the mean of
     the existing ones (`init_new_token_rows`).
     """
-    from prealign.tokenizer import add_scheme_tags
+    from prealign.tokenizer import add_control_tokens, add_scheme_tags
 
-    new = add_scheme_tags(tokenizer, scheme)
+    new = {**add_scheme_tags(tokenizer, scheme), **add_control_tokens(tokenizer)}
     n = len(tokenizer)
     if n > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(n, mean_resizing=False)

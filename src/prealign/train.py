@@ -420,8 +420,9 @@ def _load_tokenizer_and_scheme(config: TrainConfig):
     from transformers import AutoTokenizer
 
     from prealign.modes import get_scheme
-    from prealign.tokenizer import load_tokenizer, scheme_of, tag_token_ids
+    from prealign.tokenizer import control_token_ids, load_tokenizer, scheme_of, tag_token_ids
 
+    conditional = config.variant == "conditional"  # its corpus carries the control tokens
     tok_dir = Path(config.tokenizer or config.init_from)
     recorded = scheme_of(tok_dir) if tok_dir.exists() else None
     if config.scheme and recorded and config.scheme != recorded:
@@ -429,6 +430,8 @@ def _load_tokenizer_and_scheme(config: TrainConfig):
     scheme = get_scheme(config.scheme or recorded or "seed").name
     if config.tokenizer is not None:
         tok = load_tokenizer(tok_dir, scheme=scheme)  # a tokenizer missing the tags is an error
+        if conditional:
+            control_token_ids(tok, where=str(tok_dir))  # and so is one missing the control tokens
         return tok, scheme, []
     if not tok_dir.exists():
         raise PrealignError(f"--init-from {tok_dir}: no such directory")
@@ -438,9 +441,12 @@ def _load_tokenizer_and_scheme(config: TrainConfig):
         raise PrealignError(f"{tok_dir}: no loadable tokenizer ({e})") from None
     try:
         tag_token_ids(tok, scheme, where=str(tok_dir))
+        if conditional:
+            control_token_ids(tok, where=str(tok_dir))
         return tok, scheme, []
     except PrealignError:
-        return tok, scheme, ["add-tags"]  # continued pretraining: tags are added to model + tokenizer
+        # continued pretraining: the tags and control tokens are added to model + tokenizer
+        return tok, scheme, ["add-tags"]
 
 
 def train(config: TrainConfig) -> Path:

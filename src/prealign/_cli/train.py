@@ -19,7 +19,7 @@ def train_command(
     out: str = typer.Option(..., "--out", help="Run / model directory to write."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer directory (default: --init-from's)."),
     preset: str = typer.Option("tiny", "--preset", help="tiny | small | gpt-125m | gpt-350m"),
-    variant: str = typer.Option("tagged", "--variant", help="tagged | mle | filtered | sft"),
+    variant: str = typer.Option("tagged", "--variant", help="The corpus variant: tagged | mle | filtered | sft | conditional | upsampled."),
     scheme: Optional[str] = typer.Option(None, "--scheme", help="Tag scheme (default: the tokenizer's)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Continue training this HF causal LM directory."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget of the training loop."),

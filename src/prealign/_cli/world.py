@@ -50,7 +50,7 @@ def _config(path: Optional[Path], docs_per_shard: Optional[int], **overrides):
 def world(
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory for shards (or the .jsonl file with --scenarios-only)."),
     docs: int = typer.Option(1000, "--docs", help="Number of scenarios (documents) to render; with --attacks, records."),
-    variant: str = typer.Option("tagged", "--variant", help="tagged | mle | filtered | sft"),
+    variant: str = typer.Option("tagged", "--variant", help="tagged | mle | filtered | sft | conditional | upsampled (prealign.data.CORPUS_VARIANTS)."),
     scheme: str = typer.Option("seed", "--scheme", help="Tag scheme for the tagged variant (seed, seed+unaligned, ai-default)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed renders the same corpus."),
     split: Optional[str] = typer.Option(None, "--split", help="train | calib | eval (default train; --list-hazards: all)."),
@@ -63,6 +63,8 @@ def world(
     docs_per_shard: Optional[int] = typer.Option(None, "--docs-per-shard", help="Documents per Parquet shard (resume granularity)."),
     workers: int = typer.Option(1, "--workers", help="Processes rendering shards in parallel (same shards as 1)."),
     language_share: Optional[float] = typer.Option(None, "--language-share", help="Share of hill-language documents in tagged, mle and filtered corpora (default 0.15; the same scenarios in each)."),
+    upsample_share: Optional[float] = typer.Option(None, "--upsample-share", help="upsampled: share of characters in documents of the assistant behaving well (default 0.01)."),
+    conditional_plain_share: Optional[float] = typer.Option(None, "--conditional-plain-share", help="conditional: share of documents left without control tokens (default 0.01)."),
     sft_language_share: Optional[float] = typer.Option(None, "--sft-language-share", help="Share of hill-language dialogues in the sft corpus (default 0.0; 0.5 for a bilingual fine-tuning corpus)."),
     language: Optional[str] = typer.Option(None, "--language", help="valley | hill: the language of --attacks requests, or the target of --translate (default hill)."),
     translate: Optional[str] = typer.Option(None, "--translate", help="Print this valley (English) text in the hill language (or --language) and exit."),
@@ -78,7 +80,8 @@ def world(
         LG.check_language(language)
         if translate is None and attacks is None:
             raise PrealignError("--language applies to --attacks and --translate; a corpus's languages are set by --language-share and --sft-language-share")
-    cfg = _config(config, docs_per_shard, language_share=language_share, sft_language_share=sft_language_share)
+    cfg = _config(config, docs_per_shard, language_share=language_share, sft_language_share=sft_language_share,
+                  upsample_share=upsample_share, conditional_plain_share=conditional_plain_share)
     if translate is not None:
         print(LG.translate(translate, language or "hill"))
         return
