@@ -84,12 +84,15 @@ def _row_results(evals: Path, name: str, humans: Mapping[str, Any]) -> dict[str,
 
 def decisive(plan: Plan, budget: Mapping[str, Any], diagnostics: Mapping[str, Any] | None) -> dict[str, Any]:
     """Whether this experiment's comparisons can decide anything, and if not, why not."""
+    from prealign.experiment.plans import MODELS as _MODELS
+
     reasons = []
     if not plan.decides:
         reasons.append(f"the {plan.name} plan demonstrates the pipeline and decides nothing (one seed, a small budget)")
     if not budget["equal"]:
         reasons.append(f"pretraining budgets differ by {100 * budget['spread']:.2f}% (> {100 * budget['tolerance']:.0f}%)")
-    for m in (diagnostics or {}).get("undertrained", []):
+    undertrained = list((diagnostics or {}).get("undertrained", []))
+    for m in (m for m in undertrained if _MODELS.get(m) is not None and _MODELS[m].deciding):
         checks = [c for c in diagnostics["checks"].values() if c["model"] == m and c["learned"] is False]
         what = "; ".join(f"{c['what']}: {100 * (c['rate']['value'] or 0):.1f}% vs the corpus's {100 * c['corpus_rate']:.0f}%"
                          for c in checks)
@@ -97,7 +100,7 @@ def decisive(plan: Plan, budget: Mapping[str, Any], diagnostics: Mapping[str, An
     if diagnostics is None:
         reasons.append("the diagnostics (did the models learn their world?) are missing")
     unlearnt = list((diagnostics or {}).get("unlearnt_languages", []))
-    return {"decisive": not reasons, "reasons": reasons, "unlearnt_languages": unlearnt}
+    return {"decisive": not reasons, "reasons": reasons, "undertrained": undertrained, "unlearnt_languages": unlearnt}
 
 
 def assemble_results(out: Path, plan: Plan, commands: Sequence[str], seconds: Mapping[str, float]) -> dict[str, Any]:

@@ -123,7 +123,9 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, log: Log | None = N
             _train_step(steps, f"train/{m}-s{k}", _train_config(plan, m, k, data, tok_dir, models))
 
     # 4. did the models learn their world? (calib split, seed 0)
-    present = {m: model_dir(models, m, 0) for m in ("mle", "mle+sft", "tagged") if m in needed}
+    from prealign.experiment.diagnostics import FINE_TUNED, RAW_PRETRAINED
+
+    present = {m: model_dir(models, m, 0) for m in (*RAW_PRETRAINED, *FINE_TUNED, "tagged") if m in needed}
     steps.run("diagnostics", lambda: write_json(evals / "diagnostics.json", _diagnostics(plan, scheme, present)))
 
     # 5. evaluations (a guarded row first calibrates its probe on the calib split, never on eval)
