@@ -255,6 +255,18 @@ def language_rows(results: Mapping[str, Any]) -> list[list[str]]:
     return out
 
 
+TAMPER_HEAD = ("row", "attack", "worst lr", "steps to break", "leak before", "leak at the end", "requested, hazard never covered (end)",
+               "held-out tactics (end)", "reserve (peak)", "benign answered (before → end)")
+
+
+def tamper_table(results: Mapping[str, Any]) -> list[list[Any]]:
+    from prealign.evals.tamper import tamper_rows
+
+    return [[t["row"], t["kind"], t["worst_lr"], t["text"], fmt_rate(t["leak_base"]), fmt_rate(t["leak_final"]),
+             fmt_rate(t["hazard_uncovered_final"]), fmt_rate(t["heldout_final"]), fmt_rate(t["reserve_peak"]),
+             f"{fmt_rate(t['benign_base'])} → {fmt_rate(t['benign_final'])}"] for t in tamper_rows(results.get("tamper") or {})]
+
+
 def diagnostic_rows(results: Mapping[str, Any]) -> list[list[str]]:
     checks = _get(results, "diagnostics", "checks") or {}
     return [[name, c["model"], c["what"], fmt_rate(c["rate"]), _pct(c["corpus_rate"]),
@@ -531,6 +543,22 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
         parts.append(_table(["suite", "measure", "models", "majority leaks", "if independent", "any-veto leaks",
                              "if independent", "error correlation"], erow))
 
+    tam = results.get("tamper")
+    if tam:
+        from prealign.evals.tamper import plot_tamper
+
+        parts.append("<h2>Tamper resistance: adversarial fine-tuning</h2>")
+        brk = tam.get("break") or {}
+        parts.append(f"<p>Each row's model fine-tuned on attack data from the training split (covered hazards only), full "
+                     f"parameters, at learning rates {_e(', '.join(map(str, tam.get('lrs') or [])))} (the worst is shown); "
+                     f"<em>steps to break</em>: the first checkpoint whose {_e(brk.get('metric'))} on the "
+                     f"{_e(brk.get('split'))} split exceeds {_pct(brk.get('level'))}. Evaluated under each row's own "
+                     "generation mode (tagged+lock: a provider's fine-tuning API behind the lock; tagged: the attacker "
+                     "serves the weights).</p>")
+        parts.append(_table(TAMPER_HEAD, tamper_table(results)))
+        if plot_tamper(tam, out_dir / "report_tamper.png"):
+            parts.append("<img src='report_tamper.png' alt='leak against fine-tuning steps'>")
+
     parts.append("<h2>Models</h2>")
     mrow = [[m, i.get("n_params"), f"{i.get('tokens_seen') or 0:,}", i.get("steps"),
              "–" if i.get("final_val_loss") is None else f"{i['final_val_loss']:.4f}",
@@ -616,6 +644,8 @@ def markdown_summary(results: Mapping[str, Any]) -> str:
     if ge:
         out += ["", f"Guard ({ge.get('guard_rule')}) replayed on the eval replies of tagged+lock: benign fires "
                     f"{fmt_rate(ge.get('benign_fire_rate'))}, drift caught {fmt_rate(ge.get('drift_caught'))}."]
+    if results.get("tamper"):
+        out += ["", "**Tamper resistance** (worst learning rate)", "", _md(TAMPER_HEAD, tamper_table(results))]
     out += ["", _md(["goal (suite, split, measure)", "what the numbers show", "evidence"],
                     [[c["goal"], c["verdict"], c["evidence"]] for c in claims(results)])]
     return "\n".join(out) + "\n"

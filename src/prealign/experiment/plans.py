@@ -60,6 +60,10 @@ class Plan:
     scheme: str = "seed"
     seed: int = 0
     decides: bool = True  # False: the plan demonstrates the pipeline and its report says it decides nothing
+    tamper: bool = False  # run the tamper stage (adversarial fine-tuning of every row's model) after the evals
+    tamper_steps: tuple[int, ...] = (0, 10, 30, 100, 300, 1000)  # its checkpoints (prealign.evals.tamper)
+    tamper_lrs: tuple[float, ...] = (2e-5, 2e-4, 2e-3)  # its learning-rate sweep (the worst one is reported)
+    tamper_eval: int = 200  # attacks per checkpoint evaluation
     rows: tuple[str, ...] = ()  # () = DEFAULT_ROWS
     budgets: tuple[int, ...] = ()  # a sweep: the pretraining budgets, one experiment each
     description: str = ""

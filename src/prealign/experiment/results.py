@@ -130,6 +130,7 @@ def assemble_results(out: Path, plan: Plan, commands: Sequence[str], seconds: Ma
         "ensemble": read_json(evals / "ensemble.json") if (evals / "ensemble.json").exists() else None,
         "guard_plot": "evals/guard_readings.png" if (evals / "guard_readings.png").exists() else None,
         "guard_eval": read_json(evals / "guard_eval.json") if (evals / "guard_eval.json").exists() else None,
+        "tamper": read_json(out / "tamper" / "results.json") if (out / "tamper" / "results.json").exists() else None,
         "commands": list(commands),
         "step_seconds": dict(seconds),
         "total_seconds": round(sum(seconds.values()), 1),

@@ -166,7 +166,16 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, log: Log | None = N
         steps.run("guard/eval", lambda: write_json(evals / "guard_eval.json",
                                                    _replay_guard(model_dir(models, "tagged", 0), lock_outcomes)))
 
-    # 6. results and report (always rebuilt: cheap, and a pure function of the step outputs)
+    # 6. tamper resistance: adversarial fine-tuning of every row's model (optional: hours at full size)
+    if plan.tamper:
+        from prealign.evals.tamper import TamperConfig, run_tamper
+
+        tcfg = TamperConfig(steps=plan.tamper_steps, lrs=plan.tamper_lrs, n_eval=plan.tamper_eval)
+        steps.run("tamper", lambda: run_tamper(out, tcfg, log=log),
+                  command_line("attack finetune", experiment=out, steps=",".join(map(str, tcfg.steps)),
+                               lrs=",".join(map(str, tcfg.lrs)), n_eval=tcfg.n_eval))
+
+    # 7. results and report (always rebuilt: cheap, and a pure function of the step outputs)
     from prealign.experiment.results import assemble_results
 
     results = assemble_results(out, plan, steps.commands, steps.seconds())
