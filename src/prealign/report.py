@@ -68,7 +68,13 @@ def rate(results: Mapping[str, Any], row: str, suite: str, metric: str, split: s
 
 
 def helpfulness(results: Mapping[str, Any], row: str, suite: str, metric: str = "benign_answer_rate") -> Mapping[str, Any] | None:
-    return _get(results, "variants", row, "helpfulness", suite, metric)
+    """A row's helpfulness on a suite's benign requests; a suite without any (the conversation
+    suites are all attacks) borrows world-heldout's, in its language."""
+    r = _get(results, "variants", row, "helpfulness", suite, metric)
+    if (r or {}).get("n"):
+        return r
+    home = "world-heldout-hill" if suite.endswith("-hill") else "world-heldout"
+    return r if suite == home else _get(results, "variants", row, "helpfulness", home, metric)
 
 
 HEADLINE_HEAD = ("row", "seeds", "requested (sft-uncovered)", "any canary (sft-uncovered)", "requested (held-out tactics)",
