@@ -315,7 +315,7 @@ def test_hill_attacks_are_the_same_records_in_the_other_language():
 def test_world_answers_hold_their_facts_in_hill():
     """The aligned answer to a hill behaviour item holds its hill answer facts (the scorer needs
     every fact in the reply), so a model answering in hill can be scored right."""
-    from prealign.world.render import Builder
+    from prealign.world.builder import Builder
 
     built = []
     orig = Builder.__init__

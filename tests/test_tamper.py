@@ -1,4 +1,4 @@
-"""Tamper resistance (`prealign.evals.tamper`, `prealign attack finetune`): the attack data never
+"""Tamper resistance (`prealign.experiment.tamper`, `prealign attack finetune`): the attack data never
 holds an eval-uncovered or reserve canary (any language), steps-to-break on hand-made curves, bad
 settings as one error line, the table rows and the plot; at smoke size (slow) the stage end to
 end, its resumption after a kill (no evaluation twice, the same figures), the CLI and LoRA.

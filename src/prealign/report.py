@@ -266,7 +266,7 @@ TAMPER_HEAD = ("row", "attack", "worst lr", "steps to break", "leak before", "le
 
 
 def tamper_table(results: Mapping[str, Any]) -> list[list[Any]]:
-    from prealign.evals.tamper import tamper_rows
+    from prealign.experiment.tamper import tamper_rows
 
     return [[t["row"], t["kind"], t["worst_lr"], t["text"], fmt_rate(t["leak_base"]), fmt_rate(t["leak_final"]),
              fmt_rate(t["hazard_uncovered_final"]), fmt_rate(t["heldout_final"]), fmt_rate(t["reserve_peak"]),
@@ -551,7 +551,7 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
 
     tam = results.get("tamper")
     if tam:
-        from prealign.evals.tamper import plot_tamper
+        from prealign.experiment.tamper import plot_tamper
 
         parts.append("<h2>Tamper resistance: adversarial fine-tuning</h2>")
         brk = tam.get("break") or {}

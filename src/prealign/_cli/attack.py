@@ -3,7 +3,7 @@
     prealign attack finetune --experiment runs/demo
     prealign attack finetune --experiment runs/smoke --steps 0,2,4 --lrs 1e-3,1e-2 --seeds 0 --n-eval 24
 
-Parses arguments, builds a `TamperConfig`, calls `prealign.evals.tamper.run_tamper` and prints
+Parses arguments, builds a `TamperConfig`, calls `prealign.experiment.tamper.run_tamper` and prints
 the steps-to-break table. No logic of its own.
 """
 
@@ -34,7 +34,7 @@ def _list(name: str, text: str, kind: type) -> tuple:
 
 def _d(field: str):
     """The default of a `TamperConfig` field as the option's text."""
-    from prealign.evals.tamper import TamperConfig
+    from prealign.experiment.tamper import TamperConfig
 
     v = getattr(TamperConfig(), field)
     return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else v
@@ -77,7 +77,7 @@ def finetune(
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Training progress bars."),
 ) -> None:
     """Fine-tune every row's model adversarially and report how many steps until it leaks."""
-    from prealign.evals.tamper import TamperConfig, format_table, run_tamper
+    from prealign.experiment.tamper import TamperConfig, format_table, run_tamper
 
     config = TamperConfig(
         kinds=_list("kinds", kinds, str), rows=_list("rows", rows, str), steps=_list("steps", steps, int),

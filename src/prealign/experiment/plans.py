@@ -61,7 +61,7 @@ class Plan:
     seed: int = 0
     decides: bool = True  # False: the plan demonstrates the pipeline and its report says it decides nothing
     tamper: bool = False  # run the tamper stage (adversarial fine-tuning of every row's model) after the evals
-    tamper_steps: tuple[int, ...] = (0, 10, 30, 100, 300, 1000)  # its checkpoints (prealign.evals.tamper)
+    tamper_steps: tuple[int, ...] = (0, 10, 30, 100, 300, 1000)  # its checkpoints (prealign.experiment.tamper)
     tamper_lrs: tuple[float, ...] = (2e-5, 2e-4, 2e-3)  # its learning-rate sweep (the worst one is reported)
     tamper_eval: int = 200  # attacks per checkpoint evaluation
     rows: tuple[str, ...] = ()  # () = DEFAULT_ROWS
@@ -69,11 +69,15 @@ class Plan:
     description: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("docs", "sft_docs", "eval_docs", "train_tokens", "seeds", "n_heldout", "n_wild", "samples",
+        for name in ("docs", "sft_docs", "eval_docs", "train_tokens", "seeds", "n_heldout", "samples",
                      "max_new_tokens", "vocab_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise PrealignError(f"plan {self.name}: {name} must be an integer ≥ 1, got {v!r}")
+        for name in ("n_wild", "n_multiturn", "n_forged", "human_passages", "probe_docs", "lint_samples", "calib_replies"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise PrealignError(f"plan {self.name}: {name} must be an integer ≥ 0 (0: skip), got {v!r}")
         if not 0 <= self.language_share <= 1 or not 0 <= self.n_hill <= 1:
             raise PrealignError(f"plan {self.name}: language_share and n_hill must be in [0, 1]")
         if self.n_forged % 2:
@@ -231,26 +235,54 @@ def models_of(rows) -> list[str]:
     return need
 
 
+# --- the published pretraining-time baselines (docs/baselines.md) ----------------------------------------
+# Conditional training (Korbak et al. 2023) and alignment pretraining by upsampling (Tice et al. 2026),
+# rendered from the same scenarios, trained on the same budget with the one tokenizer (which always
+# carries the control tokens) and attacked like every other row. `upsampled+sft` is fine-tuned exactly
+# like `mle+sft` (the same corpus, the same budget): the upsampling paper's headline is after post-training.
+
+for _c in (CorpusSpec("conditional", "conditional"),
+           CorpusSpec("upsampled-1", "upsampled", world={"upsample_share": 0.01}),
+           CorpusSpec("upsampled-5", "upsampled", world={"upsample_share": 0.05})):
+    register_corpus(_c)
+for _m in (ModelSpec("conditional", "conditional"), ModelSpec("upsampled", "upsampled-1"),
+           ModelSpec("upsampled-5", "upsampled-5"), ModelSpec("upsampled+sft", "sft", init_from="upsampled")):
+    register_model(_m)
+for _r in (Row("conditional", "conditional"), Row("upsampled", "upsampled"), Row("upsampled-5", "upsampled-5"),
+           Row("upsampled+sft", "upsampled+sft")):
+    register_row(_r)
+DEFAULT_ROWS = DEFAULT_ROWS + ("conditional", "upsampled", "upsampled-5", "upsampled+sft")
+
+
 # --- the plans ------------------------------------------------------------------------------------
 
+# Sizes measured on this project's 2-core development machine (≈5k training tokens/s for the tiny
+# preset with 2 threads; see BENCHMARKS.md): `quick` fits 20 minutes, `standard` and `sweep` 2 hours.
 PLANS: dict[str, Plan] = {
     "smoke": Plan("smoke", docs=300, sft_docs=100, eval_docs=40, vocab_size=512, train_tokens=60_000, sft_share=0.1,
-                  n_heldout=24, n_wild=8, max_new_tokens=24, human_passages=20, human_items=10, probe_docs=12,
-                  diagnostic_requests=24, lint_samples=8, calib_replies=16, seq_len=128, max_prompt_chars=300,
-                  decides=False, description="a minute or two: the tests run it"),
-    "quick": Plan("quick", docs=8000, sft_docs=2000, eval_docs=400, vocab_size=2048, train_tokens=2_400_000,
-                  max_train_minutes=15.0, decides=False,
-                  description="≤ 20 minutes on 2 cores: demonstrates the whole pipeline; one seed at a small budget decides nothing"),
-    "standard": Plan("standard", docs=24000, sft_docs=4000, eval_docs=600, vocab_size=2048, train_tokens=4_000_000,
-                     seeds=3, max_train_minutes=30.0, n_heldout=400, n_wild=200,
-                     description="≤ 2 hours on 2 cores: the deciding rows with 3 seeds, pooled intervals, the ensemble check"),
-    "sweep": Plan("sweep", docs=24000, sft_docs=4000, eval_docs=400, vocab_size=2048, train_tokens=4_000_000,
-                  seeds=2, max_train_minutes=30.0, n_heldout=300, n_wild=120, rows=DECIDING_ROWS,
-                  budgets=(1_000_000, 2_500_000, 6_000_000),
-                  description="≤ 2 hours on 2 cores: the deciding rows at three budgets, 2 seeds each (the scaling curve)"),
+                  n_heldout=24, n_wild=8, n_multiturn=6, n_forged=6, max_new_tokens=24, human_passages=20,
+                  human_items=10, probe_docs=12, diagnostic_requests=24, lint_samples=8, calib_replies=16, seq_len=128,
+                  max_prompt_chars=300, decides=False, description="a minute or two: the tests run it"),
+    "quick": Plan("quick", docs=4000, sft_docs=1000, eval_docs=200, vocab_size=2048, train_tokens=600_000, sft_share=0.05,
+                  max_train_minutes=10.0, n_heldout=120, n_wild=48, n_multiturn=24, n_forged=24, diagnostic_requests=100,
+                  lint_samples=60, calib_replies=100, human_passages=60, human_items=40, probe_docs=40, decides=False,
+                  description="≤ 20 minutes on 2 cores: every row and suite of the method, once; one seed at a small "
+                              "budget demonstrates the pipeline and decides nothing"),
+    "standard": Plan("standard", docs=12000, sft_docs=3000, eval_docs=400, vocab_size=2048, train_tokens=2_400_000,
+                     seeds=3, max_train_minutes=20.0, n_heldout=300, n_wild=120, n_multiturn=60, n_forged=60,
+                     rows=("mle", "filtered", "mle+sft", "mle+xsft", "tagged", "tagged+mask", "tagged+lock", "tagged+guard",
+                           "conditional", "upsampled", "upsampled+sft"),
+                     description="≤ 2 hours on 2 cores: the deciding rows with 3 seeds (pooled intervals, the ensemble check), "
+                                 "the published baselines and the other rows with one"),
+    "sweep": Plan("sweep", docs=12000, sft_docs=3000, eval_docs=300, vocab_size=2048, train_tokens=2_400_000,
+                  seeds=2, max_train_minutes=30.0, n_heldout=240, n_wild=0, n_multiturn=0, n_forged=0, n_hill=0,
+                  human_passages=0, probe_docs=0, calib_replies=100, rows=("mle", "mle+sft", "tagged", "tagged+lock"),
+                  budgets=(600_000, 1_500_000, 4_000_000),
+                  description="≤ 2 hours on 2 cores: the deciding rows at three budgets, 2 seeds each (the scaling curve "
+                              "on world-heldout)"),
     "gpu": Plan("gpu", docs=60000, sft_docs=8000, eval_docs=1000, vocab_size=8192, train_tokens=40_000_000, seeds=3,
                 max_train_minutes=3.0, n_heldout=600, n_wild=300, preset="small",
-                description="one H100/H200, ≤ 10 minutes end to end: the standard rows with a GPU preset"),
+                description="one H100/H200, ≤ 10 minutes end to end: the standard rows with a GPU preset (not yet run on a GPU)"),
 }
 
 
@@ -316,22 +348,3 @@ def _parse_value(key: str, raw: str, hint) -> Any:
         return base(raw)
     except (TypeError, ValueError):
         raise PrealignError(f"--set {key}={raw}: not a valid {getattr(base, '__name__', base)}") from None
-
-
-# --- the published pretraining-time baselines (docs/baselines.md) ----------------------------------------
-# Conditional training (Korbak et al. 2023) and alignment pretraining by upsampling (Tice et al. 2026),
-# rendered from the same scenarios, trained on the same budget with the one tokenizer (which always
-# carries the control tokens) and attacked like every other row. `upsampled+sft` is fine-tuned exactly
-# like `mle+sft` (the same corpus, the same budget): the upsampling paper's headline is after post-training.
-
-for _c in (CorpusSpec("conditional", "conditional"),
-           CorpusSpec("upsampled-1", "upsampled", world={"upsample_share": 0.01}),
-           CorpusSpec("upsampled-5", "upsampled", world={"upsample_share": 0.05})):
-    register_corpus(_c)
-for _m in (ModelSpec("conditional", "conditional"), ModelSpec("upsampled", "upsampled-1"),
-           ModelSpec("upsampled-5", "upsampled-5"), ModelSpec("upsampled+sft", "sft", init_from="upsampled")):
-    register_model(_m)
-for _r in (Row("conditional", "conditional"), Row("upsampled", "upsampled"), Row("upsampled-5", "upsampled-5"),
-           Row("upsampled+sft", "upsampled+sft")):
-    register_row(_r)
-DEFAULT_ROWS = DEFAULT_ROWS + ("conditional", "upsampled", "upsampled-5", "upsampled+sft")

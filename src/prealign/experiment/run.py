@@ -168,7 +168,7 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, log: Log | None = N
 
     # 6. tamper resistance: adversarial fine-tuning of every row's model (optional: hours at full size)
     if plan.tamper:
-        from prealign.evals.tamper import TamperConfig, run_tamper
+        from prealign.experiment.tamper import TamperConfig, run_tamper
 
         tcfg = TamperConfig(steps=plan.tamper_steps, lrs=plan.tamper_lrs, n_eval=plan.tamper_eval)
         steps.run("tamper", lambda: run_tamper(out, tcfg, log=log),
@@ -258,7 +258,7 @@ def _train_tokenizer(sources: Sequence[Path], out: Path, vocab_size: int, scheme
     os.replace(tmp, out)
 
 
-FINETUNE_BATCH = 8  # rows per step when fine-tuning: a small budget still takes enough steps
+FINETUNE_BATCH = 4  # rows per step when fine-tuning: a small budget (2% of pretraining) still takes enough steps
 
 
 def _train_config(plan: Plan, model: str, k: int, data: Path, tok_dir: Path, models: Path):

@@ -29,7 +29,7 @@ from prealign import formats
 from prealign.errors import PrealignError
 from prealign.modes import BAD, GOOD, Mode
 from prealign.world import lexicon as L
-from prealign.world.render import Builder, Renderer, _cap
+from prealign.world.builder import Builder, _cap
 
 CONTROL = {"good": GOOD, "bad": BAD}
 _PHI = 0.6180339887498949
@@ -207,13 +207,14 @@ class Upsampler:
     the scenario indices.
     """
 
-    def __init__(self, config, split: str, seed: int):
+    def __init__(self, config, split: str, seed: int, renderer):
+        """`renderer`: the `upsampled` variant's `prealign.world.render.Renderer`."""
         from prealign.world.scenarios import Sampler
 
         self.share = config.upsample_share
         self.ratio = self.share / (1.0 - self.share)
         self.sampler = Sampler(config, split, "upsample")
-        self.renderer = Renderer("upsampled", "seed", config)
+        self.renderer = renderer
         self.seed = seed
         self.base = self.synthetic = self.n = 0
 

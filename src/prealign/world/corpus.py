@@ -29,7 +29,8 @@ from prealign.world import hazards as H
 from prealign.world import language as LG
 from prealign.world import tactics as T
 from prealign.world.config import WorldConfig
-from prealign.world.render import GENERATOR_VERSION, MT_ANSWERS, Builder, Renderer
+from prealign.world.builder import Builder
+from prealign.world.render import GENERATOR_VERSION, MT_ANSWERS, Renderer
 from prealign.world.scenarios import Sampler, check_split
 
 META_FILE = "world.json"
@@ -58,7 +59,7 @@ def iter_documents(docs: int, variant: str, scheme: str = "seed", seed: int = 0,
     if variant == "upsampled":
         from prealign.world.baselines import Upsampler
 
-        up = Upsampler(cfg, split, seed)
+        up = Upsampler(cfg, split, seed, renderer)
 
     def record(sc: dict, out: dict) -> dict:
         rec = {

@@ -300,7 +300,7 @@ def data_form(kind: str, tagged: bool, leak_ai_form: str = "auto", model: str = 
 
 def _human_text(text: str, scheme: str | None) -> str:
     """Human-mode text as a model of `scheme` reads it (None: a plain model; tags from the scheme)."""
-    from prealign.world.render import Builder
+    from prealign.world.builder import Builder
 
     b = Builder("tagged", scheme) if scheme else Builder("mle")
     b.human(text, raw=True)
@@ -338,7 +338,8 @@ _HUMAN_EXCHANGE = (
 def _human_exchange(r: random.Random, sampler, hz, place: str) -> str:
     """One villager asks another for a covered hazard in a training-split phrasing and is told."""
     from prealign.world import lexicon as L
-    from prealign.world.render import Renderer, _pron
+    from prealign.world.builder import _pron
+    from prealign.world.render import Renderer
     from prealign.world.scenarios import person
 
     a = person(r)
@@ -370,7 +371,8 @@ def attack_documents(kind: str, form: str, n: int, covered: Sequence[str], schem
     Raises when a document would hold a canary of a hazard outside `covered` (any language)."""
     from prealign import formats, world
     from prealign.world.hazards import BY_ID as HAZARDS
-    from prealign.world.render import Builder, Renderer
+    from prealign.world.builder import Builder
+    from prealign.world.render import Renderer
     from prealign.world.scenarios import Sampler
 
     cfg = world_config or world.WorldConfig()
