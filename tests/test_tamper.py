@@ -16,7 +16,7 @@ import pytest
 
 from prealign import world
 from prealign.errors import PrealignError
-from prealign.evals import tamper as TP
+from prealign.experiment import tamper as TP
 from prealign.evals.metrics import wilson
 from prealign.modes import Mode, get_scheme
 
