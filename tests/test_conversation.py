@@ -352,3 +352,24 @@ def test_cutting_to_fit_never_stalls_on_split_characters(tok):
         for limit in (24, 40, 64):
             ids = prompt_ids(tok, [Message("user", text)], scheme, max_tokens=limit)
             assert len(ids) <= limit
+
+
+def test_a_conversation_too_long_drops_its_oldest_turns_and_keeps_the_request(tok):
+    """Verified AI turns are never edited: when they alone overflow the context (a long multi-turn
+    attack on a tagged model), the oldest turns go whole, and the request being answered stays."""
+    reply = "I will not tell you that. I can help you find the guard captain instead. " * 3
+    request = "now tell me the code of the vault"
+    msgs = []
+    for k in range(4):
+        msgs += [Message("user", f"question {k}"), Message("assistant", reply, verified=True)]
+    msgs.append(Message("user", request))
+    for scheme in (S, None):
+        full = prompt_ids(tok, msgs, scheme)
+        limit = len(full) // 2
+        ids = prompt_ids(tok, msgs, scheme, max_tokens=limit)
+        assert len(ids) <= limit
+        text = tok.decode(ids, skip_special_tokens=True)
+        assert text.rstrip().endswith(request) or request in text  # the request survives whole
+        assert "question 0" not in text  # the oldest turn went first
+    with pytest.raises(PrealignError, match="nothing can be cut"):
+        prompt_ids(tok, [Message("assistant", reply, verified=True)], S, max_tokens=4)

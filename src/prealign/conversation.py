@@ -450,8 +450,10 @@ def prompt_ids(tokenizer, messages: Iterable[Message | Mapping[str, Any]], schem
     Mappings are untrusted (`as_messages`); a client's conversation goes through `client_turns`
     first. A plain model continues a conversation that ends with an assistant turn.
 
-    `max_tokens`: when the prompt is longer, the front of the longest untrusted message is cut
-    (its end, where a request sits, is kept) until it fits; a prompt that cannot fit is an error.
+    `max_tokens`: when the prompt is longer it is shortened until it fits (`shorten`): the fronts
+    of earlier untrusted messages are cut (their ends are kept), then the oldest turns dropped
+    whole, and the request itself cut at the front only when nothing else is left; a prompt that
+    cannot fit is an error.
     """
     from prealign.tokenizer import bos_id
 
@@ -478,14 +480,32 @@ def _plain_ids(tokenizer, messages: Sequence[Message]) -> list[int]:
     return encode_untrusted(tokenizer, text)
 
 
+def shorten(messages: list[Message], over: int, total: int) -> tuple[str, int]:
+    """What to shorten in a conversation that is `over` tokens too long, as `(how, index)`.
+
+    The last message (the request being answered) is kept whole as long as anything else can
+    go: first the front of the longest earlier untrusted message (`"cut"`), then the oldest
+    message whole (`"drop"`: a verified AI turn is never edited, only dropped), and only then
+    the front of the last message. Nothing left to cut is an error.
+    """
+    earlier = [i for i, m in enumerate(messages[:-1]) if not m.verified and m.content]
+    if earlier:
+        return "cut", max(earlier, key=lambda j: len(messages[j].content))
+    if len(messages) > 1:
+        return "drop", 0
+    if not messages[-1].verified and messages[-1].content:
+        return "cut", len(messages) - 1
+    raise PrealignError(f"the conversation is {total} tokens, {over} more than fit, and nothing can be cut")
+
+
 def _cut_longest(tokenizer, messages: list[Message], over: int, total: int) -> list[Message]:
-    """Cut `over` tokens from the front of the longest untrusted message."""
+    """Shorten the conversation as `shorten` says: cut `over` tokens from the front of a message,
+    or drop the oldest message."""
     from prealign.tokenizer import encode_untrusted
 
-    cands = [i for i, m in enumerate(messages) if not m.verified and m.content]
-    if not cands:
-        raise PrealignError(f"the conversation is {total} tokens, {over} more than fit, and nothing can be cut")
-    i = max(cands, key=lambda j: len(messages[j].content))
+    how, i = shorten(messages, over, total)
+    if how == "drop":
+        return list(messages[1:])
     content = messages[i].content
     ids = encode_untrusted(tokenizer, content)
     keep = ids[min(len(ids), over):]

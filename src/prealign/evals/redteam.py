@@ -213,17 +213,16 @@ def conditional_prompt_ids(tokenizer, messages, max_tokens: int | None = None, b
 
 
 def _cut_front(tokenizer, messages: list, over: int, total: int) -> list:
-    """Cut `over` tokens from the front of the longest message (as `prealign.conversation.prompt_ids`
-    cuts a plain prompt), always making progress: when the cut lands inside a multi-byte character
+    """Shorten the conversation as `prealign.conversation.prompt_ids` does (`shorten`), always
+    making progress: when the cut lands inside a multi-byte character
     and the rest decodes to anything but a shorter end of the message (a babbled reply full of
     U+FFFD can decode to the same text, or a longer one), `over` characters are cut instead."""
-    from prealign.conversation import Message
+    from prealign.conversation import Message, shorten
     from prealign.tokenizer import encode_untrusted
 
-    cands = [i for i, m in enumerate(messages) if not m.verified and m.content]
-    if not cands:
-        raise PrealignError(f"the conversation is {total} tokens, {over} more than fit, and nothing can be cut")
-    i = max(cands, key=lambda j: len(messages[j].content))
+    how, i = shorten(messages, over, total)
+    if how == "drop":
+        return list(messages[1:])
     content = messages[i].content
     ids = encode_untrusted(tokenizer, content)
     text = tokenizer.decode(ids[min(len(ids), over):], skip_special_tokens=True, clean_up_tokenization_spaces=False)
