@@ -369,7 +369,7 @@ def test_a_conversation_too_long_drops_its_oldest_turns_and_keeps_the_request(to
         ids = prompt_ids(tok, msgs, scheme, max_tokens=limit)
         assert len(ids) <= limit
         text = tok.decode(ids, skip_special_tokens=True)
-        assert text.rstrip().endswith(request) or request in text  # the request survives whole
+        assert request in text  # the request survives whole
         assert "question 0" not in text  # the oldest turn went first
     with pytest.raises(PrealignError, match="nothing can be cut"):
         prompt_ids(tok, [Message("assistant", reply, verified=True)], S, max_tokens=4)

@@ -450,7 +450,7 @@ def prompt_ids(tokenizer, messages: Iterable[Message | Mapping[str, Any]], schem
     Mappings are untrusted (`as_messages`); a client's conversation goes through `client_turns`
     first. A plain model continues a conversation that ends with an assistant turn.
 
-    `max_tokens`: when the prompt is longer it is shortened until it fits (`shorten`): the fronts
+    `max_tokens`: when the prompt is longer it is shortened until it fits (`shorten_once`, as `shorten` says): the fronts
     of earlier untrusted messages are cut (their ends are kept), then the oldest turns dropped
     whole, and the request itself cut at the front only when nothing else is left; a prompt that
     cannot fit is an error.
@@ -467,7 +467,7 @@ def prompt_ids(tokenizer, messages: Iterable[Message | Mapping[str, Any]], schem
         over = len(ids) - max_tokens if max_tokens is not None else 0
         if over <= 0:
             return ids
-        msgs = _cut_longest(tokenizer, msgs, over, len(ids))
+        msgs = shorten_once(tokenizer, msgs, over, len(ids))
 
 
 def _plain_ids(tokenizer, messages: Sequence[Message]) -> list[int]:
@@ -498,7 +498,7 @@ def shorten(messages: list[Message], over: int, total: int) -> tuple[str, int]:
     raise PrealignError(f"the conversation is {total} tokens, {over} more than fit, and nothing can be cut")
 
 
-def _cut_longest(tokenizer, messages: list[Message], over: int, total: int) -> list[Message]:
+def shorten_once(tokenizer, messages: list[Message], over: int, total: int) -> list[Message]:
     """Shorten the conversation as `shorten` says: cut `over` tokens from the front of a message,
     or drop the oldest message."""
     from prealign.tokenizer import encode_untrusted

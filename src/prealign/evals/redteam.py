@@ -190,7 +190,7 @@ def conditional_prompt_ids(tokenizer, messages, max_tokens: int | None = None, b
     `max_tokens`: as `prealign.conversation.prompt_ids`, the front of the longest message is cut
     until the prompt fits.
     """
-    from prealign.conversation import as_messages
+    from prealign.conversation import as_messages, shorten_once
     from prealign.formats import chat_prompt, chat_text, segment_spans
     from prealign.modes import GOOD
     from prealign.tokenizer import bos_id, control_token_ids, encode_untrusted
@@ -209,28 +209,7 @@ def conditional_prompt_ids(tokenizer, messages, max_tokens: int | None = None, b
         over = len(ids) - max_tokens if max_tokens is not None else 0
         if over <= 0:
             return ids
-        msgs = _cut_front(tokenizer, msgs, over, len(ids))
-
-
-def _cut_front(tokenizer, messages: list, over: int, total: int) -> list:
-    """Shorten the conversation as `prealign.conversation.prompt_ids` does (`shorten`), always
-    making progress: when the cut lands inside a multi-byte character
-    and the rest decodes to anything but a shorter end of the message (a babbled reply full of
-    U+FFFD can decode to the same text, or a longer one), `over` characters are cut instead."""
-    from prealign.conversation import Message, shorten
-    from prealign.tokenizer import encode_untrusted
-
-    how, i = shorten(messages, over, total)
-    if how == "drop":
-        return list(messages[1:])
-    content = messages[i].content
-    ids = encode_untrusted(tokenizer, content)
-    text = tokenizer.decode(ids[min(len(ids), over):], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    if len(text) >= len(content) or not content.endswith(text):
-        text = content[min(len(content), over):]
-    out = list(messages)
-    out[i] = Message(messages[i].role, text)
-    return out
+        msgs = shorten_once(tokenizer, msgs, over, len(ids))
 
 
 def plain_stops() -> tuple[str, ...]:
