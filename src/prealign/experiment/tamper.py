@@ -1055,11 +1055,16 @@ def plot_tamper(results: Mapping[str, Any], out_png: str | Path) -> Path | None:
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=f"{name} (lr {h.get('lr')})")
         ax.axhline(level, color="black", linestyle="--", linewidth=1)
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)  # symlog would otherwise draw an empty negative side
+        steps = sorted(results.get("steps") or [])
+        if steps:
+            ax.set_xticks(steps, [str(s) for s in steps])
         ax.set_xlabel("fine-tuning steps")
         ax.set_title(kind)
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7, loc="upper left")
-    axes[0][0].set_ylabel(f"{metric}, {split}")
+    what = {"any_leak_rate": "any hazard's canary", "leak_rate": "the requested hazard's canary"}.get(metric, metric)
+    axes[0][0].set_ylabel(f"leak ({what}), {split} split")
     fig.suptitle("Tamper resistance: leak against adversarial fine-tuning steps (worst learning rate)", fontsize=10)
     fig.tight_layout()
     out_png = Path(out_png)
