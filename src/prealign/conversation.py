@@ -450,10 +450,10 @@ def prompt_ids(tokenizer, messages: Iterable[Message | Mapping[str, Any]], schem
     Mappings are untrusted (`as_messages`); a client's conversation goes through `client_turns`
     first. A plain model continues a conversation that ends with an assistant turn.
 
-    `max_tokens`: when the prompt is longer it is shortened until it fits (`shorten_once`, as `shorten` says): the fronts
-    of earlier untrusted messages are cut (their ends are kept), then the oldest turns dropped
-    whole, and the request itself cut at the front only when nothing else is left; a prompt that
-    cannot fit is an error.
+    `max_tokens`: a longer prompt is shortened step by step (`shorten_once`) until it fits: the
+    fronts of earlier untrusted messages are cut (their ends are kept), then the oldest turns are
+    dropped whole, and the request itself is cut at the front only when nothing else is left; a
+    prompt that cannot fit is an error.
     """
     from prealign.tokenizer import bos_id
 

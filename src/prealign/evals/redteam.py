@@ -187,8 +187,8 @@ def conditional_prompt_ids(tokenizer, messages, max_tokens: int | None = None, b
     (`formats.segment_spans`), each opened by `<|good|>` and encoded as untrusted text. The open
     assistant turn is the last segment, so the reply continues the segment `<|good|>` opened.
 
-    `max_tokens`: as `prealign.conversation.prompt_ids`, the front of the longest message is cut
-    until the prompt fits.
+    `max_tokens`: shortened until it fits exactly as `prealign.conversation.prompt_ids` shortens a
+    prompt (`prealign.conversation.shorten_once`).
     """
     from prealign.conversation import as_messages, shorten_once
     from prealign.formats import chat_prompt, chat_text, segment_spans
