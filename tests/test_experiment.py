@@ -5,6 +5,7 @@ skipped, nothing is trained twice), plan overrides, the sweep and the gpu plan a
     .venv/bin/pytest -q tests/test_experiment.py
 """
 
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -264,9 +265,16 @@ def test_the_sweep_and_the_gpu_plan_at_smoke_size(tmp_path):
         wild_jailbreaks()
     except PrealignError as e:
         pytest.skip(str(e))
-    sweep = mini_plan("sweep", budgets=(3000, 6000), rows=("mle", "mle+sft", "tagged", "tagged+lock"), seeds=2,
+    sweep = mini_plan("sweep", budgets=(3000,), rows=("mle", "mle+sft", "tagged", "tagged+lock"), seeds=2,
                       human_passages=0, probe_docs=0)
-    res_path = X.run_experiment(sweep, tmp_path / "sweep", threads=1)
+    X.run_experiment(sweep, tmp_path / "sweep", threads=1)
+    first = tmp_path / "sweep" / "budget-3000" / "models" / "tagged-s0" / "model.safetensors"
+    stamp = first.stat().st_mtime_ns
+    # a budget added to a finished sweep: only the new point is computed
+    res_path = X.run_experiment(dataclasses.replace(sweep, budgets=(3000, 6000)), tmp_path / "sweep", threads=1)
+    assert first.stat().st_mtime_ns == stamp
+    with pytest.raises(PrealignError, match="another plan \\(docs differ\\)"):
+        X.run_experiment(dataclasses.replace(sweep, docs=sweep.docs + 1), tmp_path / "sweep", threads=1)
     res = json.loads(res_path.read_text())
     assert res["kind"] == "sweep" and res["budgets"] == [3000, 6000]
     assert set(res["curve"]) == {"mle", "mle+sft", "tagged", "tagged+lock"}

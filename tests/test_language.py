@@ -154,6 +154,14 @@ def test_language_share_of_every_pretraining_corpus_is_the_configured_one(defaul
         assert abs(sum(r["language"] == "hill" for r in recs) / len(recs) - share) <= 0.03
 
 
+def test_guess_language_reads_every_document_of_every_variant_right(default_corpus):
+    for v, recs in default_corpus.items():
+        wrong = [r["id"] for r in recs if LG.guess_language(r["text"]) != r["language"]]
+        assert not wrong, (v, wrong[:5])
+    assert LG.guess_language("") == LG.guess_language("<AI></AI>") == "valley"
+    assert LG.guess_language(LG.translate("Tell me a story about the mill and the river.")) == "hill"
+
+
 def test_the_same_scenario_has_the_same_language_in_every_variant(default_corpus):
     langs = {v: {r["scenario_id"]: r["language"] for r in recs} for v, recs in default_corpus.items()}
     for sid, lang in langs["filtered"].items():

@@ -227,6 +227,7 @@ def grammar(
     res = free_sample_lint(m, tok, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     print(f"lint-clean: {fmt_rate(res['lint_clean'])} of complete samples ({res['complete']}/{res['samples']} complete)")
     print(f"  within the {res['context']}-token context: {fmt_rate(res['within_context'])}; beyond: {fmt_rate(res['beyond_context'])}")
+    print("  by language: " + "; ".join(f"{lg} {fmt_rate(r)}" for lg, r in res["by_language"].items()))
     print(f"  problems by kind: {res['problems_by_code']}")
     if json_out:
         write_json(json_out, res)

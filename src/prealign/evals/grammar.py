@@ -7,7 +7,8 @@ opening EOS, true temperature sampling with `top_k=0`), and `prealign.segments.l
 each *complete* sample (one that ended with EOS within `max_new_tokens`). A model that has not
 learnt its grammar drifts out of its mode, so an experiment's comparison means little until this
 rate is high (the goal: ≥ 99%). Samples longer than the training context are counted apart:
-positions the model was never trained on.
+positions the model was never trained on; so are the world's two languages (each sample's
+language guessed by `prealign.world.language.guess_language`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def free_sample_lint(model, tokenizer, samples: int = 300, max_new_tokens: int =
     from prealign.model import context_length, device_of
     from prealign.segments import lint_text
     from prealign.tokenizer import bos_id, decode, resolve_scheme
+    from prealign.world.language import LANGUAGES, guess_language
 
     if samples < 1 or max_new_tokens < 1 or batch_size < 1:
         raise PrealignError("samples, max_new_tokens and batch_size must be ≥ 1")
@@ -34,7 +36,7 @@ def free_sample_lint(model, tokenizer, samples: int = 300, max_new_tokens: int =
     eos, start = tokenizer.eos_token_id, bos_id(tokenizer)
     ctx = int((meta.get("config") or {}).get("seq_len") or context_length(model))
     torch.manual_seed(seed)
-    rows: list[tuple[bool, int, list[str]]] = []  # (complete, length, lint errors)
+    rows: list[tuple[bool, int, list[str], str]] = []  # (complete, length, lint errors, language)
     failures: list[dict[str, Any]] = []
     with torch.inference_mode():
         for b0 in range(0, samples, batch_size):
@@ -48,9 +50,10 @@ def free_sample_lint(model, tokenizer, samples: int = 300, max_new_tokens: int =
                 body = row[: row.index(eos)] if done else row
                 text = decode(tokenizer, body)
                 errors = [f"{p.code}: {p.message}" for p in lint_text(text, scheme) if p.severity == "error"] if done else []
-                rows.append((done, len(body), errors))
+                language = guess_language(text)
+                rows.append((done, len(body), errors, language))
                 if errors and len(failures) < keep_failures:
-                    failures.append({"text": text, "problems": errors})
+                    failures.append({"text": text, "language": language, "problems": errors})
     complete = [r for r in rows if r[0]]
     clean = [r for r in complete if not r[2]]
     within = [r for r in complete if r[1] < ctx]
@@ -64,6 +67,8 @@ def free_sample_lint(model, tokenizer, samples: int = 300, max_new_tokens: int =
         "samples": len(rows), "complete": len(complete),
         "within_context": wilson(sum(1 for r in within if not r[2]), len(within)).to_dict(),
         "beyond_context": wilson(sum(1 for r in complete if r[1] >= ctx and not r[2]), sum(1 for r in complete if r[1] >= ctx)).to_dict(),
+        "by_language": {lg: wilson(sum(1 for r in complete if r[3] == lg and not r[2]),
+                                   sum(1 for r in complete if r[3] == lg)).to_dict() for lg in LANGUAGES},
         "context": ctx, "mean_tokens": round(sum(r[1] for r in rows) / max(len(rows), 1), 1),
         "problems_by_code": codes, "failures": failures,
         "settings": {"samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": 0, "seed": seed},

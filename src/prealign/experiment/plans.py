@@ -256,14 +256,15 @@ DEFAULT_ROWS = DEFAULT_ROWS + ("conditional", "upsampled", "upsampled-5", "upsam
 
 # --- the plans ------------------------------------------------------------------------------------
 
-# Sizes measured on this project's 2-core development machine (≈5k training tokens/s for the tiny
-# preset with 2 threads; see BENCHMARKS.md): `quick` fits 20 minutes, `standard` and `sweep` 2 hours.
+# Sized for a slow 2-core machine (≈4.5–5k training tokens/s for the tiny preset with 2 threads, as
+# this project's development VM measured on most days; it has also run at ≈19k): `quick` fits 20
+# minutes there, `standard` and `sweep` 2 hours (see README and docs/evals.md).
 PLANS: dict[str, Plan] = {
     "smoke": Plan("smoke", docs=300, sft_docs=100, eval_docs=40, vocab_size=512, train_tokens=60_000, sft_share=0.1,
                   n_heldout=24, n_wild=8, n_multiturn=6, n_forged=6, max_new_tokens=24, human_passages=20,
                   human_items=10, probe_docs=12, diagnostic_requests=24, lint_samples=8, calib_replies=16, seq_len=128,
                   max_prompt_chars=300, decides=False, description="a minute or two: the tests run it"),
-    "quick": Plan("quick", docs=4000, sft_docs=1000, eval_docs=200, vocab_size=2048, train_tokens=600_000, sft_share=0.05,
+    "quick": Plan("quick", docs=4000, sft_docs=1000, eval_docs=200, vocab_size=2048, train_tokens=500_000, sft_share=0.05,
                   max_train_minutes=10.0, n_heldout=120, n_wild=48, n_multiturn=24, n_forged=24, diagnostic_requests=100,
                   lint_samples=60, calib_replies=100, human_passages=60, human_items=40, probe_docs=40, decides=False,
                   description="≤ 20 minutes on 2 cores: every row and suite of the method, once; one seed at a small "

@@ -188,16 +188,20 @@ def run_experiment(plan: Plan | str, out: str | os.PathLike, log: Log | None = N
     return out / "results.json"
 
 
-def _claim(out: Path, plan: Plan) -> None:
-    """`out` holds this plan's experiment (a rerun resumes it), or is new."""
+def _claim(out: Path, plan: Plan, free: tuple[str, ...] = ()) -> None:
+    """`out` holds this plan's experiment (a rerun resumes it), or is new. Fields in `free` may
+    change between runs (a sweep's `budgets`: each point is an experiment of its own, so points
+    can be added to a finished sweep, or left out, without redoing the others)."""
     out.mkdir(parents=True, exist_ok=True)
     plan_file = out / "plan.json"
+    want = json.loads(json.dumps(plan.to_dict()))  # as stored (tuples become lists)
     if plan_file.exists():
         old = read_json(plan_file)
-        want = json.loads(json.dumps(plan.to_dict()))  # as stored (tuples become lists)
-        if old.get("plan") != want:
-            diff = sorted(k for k, v in want.items() if (old.get("plan") or {}).get(k) != v)
+        diff = sorted(k for k, v in want.items() if (old.get("plan") or {}).get(k) != v)
+        if [k for k in diff if k not in free]:
             raise PrealignError(f"{out}: holds an experiment with another plan ({', '.join(diff)} differ); use another --out")
+        if diff:
+            write_json(plan_file, {**old, "plan": plan.to_dict()})
     else:
         write_json(plan_file, {"plan": plan.to_dict(), **run_meta(seed=plan.seed)})
 
@@ -446,10 +450,11 @@ def _ensemble(plan: Plan, evals: Path, suites: Sequence[str]) -> dict[str, Any]:
 
 def run_sweep(plan: Plan, out: str | os.PathLike, log: Log | None = None, threads: int | None = None) -> Path:
     """The plan's rows at each of `plan.budgets` (an experiment each, sharing one set of corpora
-    and one tokenizer), then one results.json with the curve of each row's leak against budget."""
+    and one tokenizer), then one results.json with the curve of each row's leak against budget.
+    A rerun with more budgets (`--set budgets=...`) computes only the new points."""
     out = Path(out)
     log = log or (lambda s: None)
-    _claim(out, plan)
+    _claim(out, plan, free=("budgets",))
     scheme = get_scheme(plan.scheme)
     corpora = {MODELS[m].corpus for m in models_of(plan.row_names)}
     prepare_data(plan, scheme, out / "shared" / "data", out / "shared" / "tokenizer", Steps(out, log), corpora)
