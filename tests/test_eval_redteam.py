@@ -11,7 +11,7 @@ from prealign.errors import PrealignError
 from prealign.evals.attacks import parse_attack
 from prealign.evals.redteam import (
     PlainResponder, RedteamConfig, Reply, TaggedResponder, classify_action, redteam_summary, responder_for, run_attacks,
-    score, transcripts,
+    score, task_of, transcripts,
 )
 from prealign.modes import LockSettings
 from prealign.sampling import Sampling
@@ -72,6 +72,25 @@ def test_leaks_refusals_and_splits():
     assert s["by_family"]["roleplay"]["n"] == 2
     t = transcripts(outs, n=4)
     assert len(t) == 4 and t[0]["leaked"] and not t[-1]["leaked"]
+
+
+def test_benign_world_requests_name_their_task():
+    from prealign import world
+
+    recs = world.attacks("eval", 300, seed=0, scheme="seed")
+    tasks = {}
+    for i, rec in enumerate(recs):
+        a = parse_attack(rec, where=f"eval attack {i}")
+        t = task_of(a)
+        if a.target.expected == "answer" and not a.target.canaries:
+            tasks[t] = tasks.get(t, 0) + 1
+        else:
+            assert t is None, rec["id"]
+    assert set(tasks) <= {"price", "direction", "howto", "sum", "tally", "list", "notice", "narration"}
+    assert {"price", "direction", "sum", "narration"} <= set(tasks) and None not in tasks
+    assert task_of(att(0, canary=None, expected="answer", facts=("12 coins",))) is None  # no world scenario
+    outs = run_attacks(Scripted({"request 0": "x"}), [att(0)])
+    assert outs[0]["task"] is None
 
 
 def test_any_hazard_leak_counts_other_canaries():

@@ -174,6 +174,23 @@ def test_the_sweep_report(tmp_path):
     assert "20.0% [11.2, 33.0] (10/50)" in page and "no: tagged is undertrained" in page
 
 
+def test_benign_answers_by_task_in_the_report_and_the_sweep(tmp_path, capsys):
+    r = results()
+    r["variants"]["mle"]["helpfulness"] = {"world-heldout": {**_help(6, 20), "by_task": {
+        "price": {"benign_answer_rate": wilson(5, 8).to_dict()}, "tally": {"benign_answer_rate": wilson(1, 12).to_dict()}}}}
+    p = tmp_path / "results.json"
+    p.write_text(json.dumps(r))
+    page = write_report(p).read_text()
+    assert "Benign requests answered, by task" in page and "62.5% [30.6, 86.3] (5/8)" in page and "8.3% [1.5, 35.4] (1/12)" in page
+    assert main(["report", str(p), "--markdown"]) == 0
+    assert "| row | price | tally |" in capsys.readouterr().out
+    sweep = {"kind": "sweep", "plan": {"name": "sweep", "seeds": 2}, "suite": "world-heldout", "budgets": [1000],
+             "rows": ["mle"], "curve": {"mle": {"benign_by_task": {"1000": {"sum": wilson(3, 4).to_dict()}}}}, "points": {}}
+    p.write_text(json.dumps(sweep))
+    assert main(["report", str(p), "--markdown"]) == 0
+    assert "| mle | 1,000 | 75.0% [30.1, 95.4] (3/4) |" in capsys.readouterr().out
+
+
 def test_the_best_published_row_is_a_goal_and_an_undertrained_baseline_blocks_it():
     r = results()
     r["rows"] = ["mle+sft", "conditional", "upsampled+sft", "tagged+lock"]

@@ -261,6 +261,32 @@ def language_rows(results: Mapping[str, Any]) -> list[list[str]]:
     return out
 
 
+def task_rows(results: Mapping[str, Any], suite: str = "world-heldout") -> tuple[list[str], list[list[str]]]:
+    """Benign requests answered, by what they ask (a price, a road, a how-to, a sum; a tally, a
+    list, a notice; a narration): which skills a row has, so a low helpfulness figure can be read."""
+    tasks = sorted({t for v in (results.get("variants") or {}).values()
+                    for t in (_get(v, "helpfulness", suite, "by_task") or {})})
+    rows = []
+    for name in results.get("rows", []):
+        by = _get(results, "variants", name, "helpfulness", suite, "by_task") or {}
+        if by:
+            rows.append([name] + [fmt_rate((by.get(t) or {}).get("benign_answer_rate")) for t in tasks])
+    return ["row"] + tasks, rows
+
+
+def sweep_task_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The sweep's benign answers by task, per row and budget."""
+    curve = results.get("curve") or {}
+    tasks = sorted({t for c in curve.values() for by in (c.get("benign_by_task") or {}).values() for t in by})
+    rows = []
+    for row, c in curve.items():
+        for b in results.get("budgets") or []:
+            by = (c.get("benign_by_task") or {}).get(str(b)) or {}
+            if by:
+                rows.append([row, f"{b:,}"] + [fmt_rate(by.get(t)) for t in tasks])
+    return ["row", "pretraining tokens"] + tasks, rows
+
+
 TAMPER_HEAD = ("row", "attack", "worst lr", "steps to break", "leak before", "leak at the end", "requested, hazard never covered (end)",
                "held-out tactics (end)", "reserve (peak)", "benign answered (before → end)")
 
@@ -481,6 +507,13 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
                      "<code>mle+xsft</code> splits the same fine-tuning budget across both).</p>")
         parts.append(_table(LANGUAGE_HEAD, lrows))
 
+    thead, trows = task_rows(results)
+    if trows:
+        parts.append("<h2>Benign requests answered, by task (world-heldout)</h2>")
+        parts.append("<p>What the benign requests ask for; a row that answers lookups (prices, roads, how-tos) but "
+                     "no arithmetic (sums, tallies) is helpful where its budget allows.</p>")
+        parts.append(_table(thead, trows))
+
     parts.append("<h2>Behaviour (world eval items)</h2>")
     exp_keys = sorted({k for v in results.get("variants", {}).values() for k in (_get(v, "behaviour", "by_expected") or {})})
     brow = []
@@ -616,6 +649,10 @@ def render_sweep(results: Mapping[str, Any], out_dir: Path) -> str:
     if plot_sweep(results, out_dir / "sweep.png"):
         parts.append("<img src='sweep.png' alt='leak against budget'>")
     parts.append(_table(SWEEP_HEAD, sweep_rows(results)))
+    thead, trows = sweep_task_rows(results)
+    if trows:
+        parts.append("<h2>Benign requests answered, by task</h2>")
+        parts.append(_table(thead, trows))
     prow = [[f"{int(b):,}", "yes" if (p.get("verdict") or {}).get("decisive") else
              "no: " + "; ".join((p.get("verdict") or {}).get("reasons", []))] for b, p in (results.get("points") or {}).items()]
     parts.append(_table(["budget", "decisive?"], prow))
@@ -627,7 +664,10 @@ def markdown_summary(results: Mapping[str, Any]) -> str:
     """The headline tables and the goals as Markdown (for a README)."""
     plan = results.get("plan", {})
     if results.get("kind") == "sweep":
-        return f"Sweep `{plan.get('name')}`, {plan.get('seeds')} seeds per point (pooled).\n\n" + _md(SWEEP_HEAD, sweep_rows(results)) + "\n"
+        thead, trows = sweep_task_rows(results)
+        tail = f"\n**Benign requests answered, by task**\n\n{_md(thead, trows)}\n" if trows else ""
+        return (f"Sweep `{plan.get('name')}`, {plan.get('seeds')} seeds per point (pooled).\n\n" + _md(SWEEP_HEAD, sweep_rows(results))
+                + "\n" + tail)
     v = results.get("verdict") or {}
     out = [f"Plan `{plan.get('name')}`, {plan.get('seeds')} seed(s) for the deciding models; rates: value [95% Wilson interval] (k/n), pooled over seeds.",
            "", "**Decisive:** " + ("yes" if v.get("decisive") else "no — " + "; ".join(v.get("reasons", [])))]
@@ -636,6 +676,9 @@ def markdown_summary(results: Mapping[str, Any]) -> str:
     lrows = language_rows(results)
     if lrows:
         out += ["", "**By language**", "", _md(LANGUAGE_HEAD, lrows)]
+    thead, trows = task_rows(results)
+    if trows:
+        out += ["", "**Benign requests answered, by task** (world-heldout)", "", _md(thead, trows)]
     out += ["", "**Did the models learn their world?** (calib split)", "", _md(DIAGNOSTIC_HEAD, diagnostic_rows(results))]
     hrow = []
     for m, vv in one_row_per_model(results):

@@ -47,7 +47,7 @@ def budgets(plan: Plan, models: Mapping[str, Mapping[str, Any]]) -> dict[str, An
 def _row_results(evals: Path, name: str, humans: Mapping[str, Any]) -> dict[str, Any] | None:
     """A row's pooled figures over the seeds it has outcomes for (None: not evaluated yet)."""
     from prealign.evals.behaviour import behaviour_summary
-    from prealign.evals.metrics import GUARD_METRICS, HELPFULNESS_METRICS, get_metric, summarise
+    from prealign.evals.metrics import GUARD_METRICS, HELPFULNESS_METRICS, get_metric, summarise, summarise_by
     from prealign.evals.redteam import redteam_summary, transcripts
 
     seed_dirs = sorted((evals / name).glob("s*/"), key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else -1)
@@ -65,6 +65,7 @@ def _row_results(evals: Path, name: str, humans: Mapping[str, Any]) -> dict[str,
         res["redteam"][s] = redteam_summary(hazard)
         res["redteam"][s]["benign_any_leak"] = get_metric("any_leak_rate")([o for o in outcomes if not o["canaries"]]).to_dict()
         res["helpfulness"][s] = summarise(outcomes, HELPFULNESS_METRICS)
+        res["helpfulness"][s]["by_task"] = summarise_by(outcomes, lambda o: o.get("task"), ("benign_answer_rate",))
         res["transcripts"][s] = transcripts(outcomes)
         res["per_seed"][s] = {str(k): {**summarise([o for o in hazard if o.get("model_seed") == k], ("leak_rate", "any_leak_rate")),
                                        **summarise([o for o in outcomes if o.get("model_seed") == k], HELPFULNESS_METRICS)}
@@ -161,7 +162,9 @@ def assemble_sweep(out: Path, plan: Plan, points: Mapping[int, Mapping[str, Any]
             c = curve.setdefault(row, {})
             for metric, split in SWEEP_MEASURES:
                 c.setdefault(f"{metric}/{split}", {})[str(b)] = _point(v, suite, metric, split)
-            c.setdefault("benign_answer_rate", {})[str(b)] = ((v.get("helpfulness") or {}).get(suite) or {}).get("benign_answer_rate")
+            help_ = (v.get("helpfulness") or {}).get(suite) or {}
+            c.setdefault("benign_answer_rate", {})[str(b)] = help_.get("benign_answer_rate")
+            c.setdefault("benign_by_task", {})[str(b)] = {k: r.get("benign_answer_rate") for k, r in (help_.get("by_task") or {}).items()}
     ratio: dict[str, Any] = {}
     for metric, split in SWEEP_MEASURES:
         key = f"{metric}/{split}"
