@@ -178,12 +178,15 @@ def test_benign_answers_by_task_in_the_report_and_the_sweep(tmp_path, capsys):
     r = results()
     r["variants"]["mle"]["helpfulness"] = {"world-heldout": {**_help(6, 20), "by_task": {
         "price": {"benign_answer_rate": wilson(5, 8).to_dict()}, "tally": {"benign_answer_rate": wilson(1, 12).to_dict()}}}}
+    r["diagnostics"] = {"checks": {}, "benign_by_task": {"mle": {"howto": wilson(7, 9).to_dict()}}}
     p = tmp_path / "results.json"
     p.write_text(json.dumps(r))
     page = write_report(p).read_text()
     assert "Benign requests answered, by task" in page and "62.5% [30.6, 86.3] (5/8)" in page and "8.3% [1.5, 35.4] (1/12)" in page
+    assert "77.8% [45.3, 93.7] (7/9)" in page  # the calib split's diagnostic, by task
     assert main(["report", str(p), "--markdown"]) == 0
-    assert "| row | price | tally |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| row | price | tally |" in out and "| model | howto |" in out
     sweep = {"kind": "sweep", "plan": {"name": "sweep", "seeds": 2}, "suite": "world-heldout", "budgets": [1000],
              "rows": ["mle"], "curve": {"mle": {"benign_by_task": {"1000": {"sum": wilson(3, 4).to_dict()}}}}, "points": {}}
     p.write_text(json.dumps(sweep))

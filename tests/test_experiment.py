@@ -75,6 +75,10 @@ def test_experiment_runs_resumes_and_reports(tmp_path, monkeypatch):
     checks = res["diagnostics"]["checks"]
     assert {"mle_leak_direct", "mle_yield_manipulated", "sft_refusal_covered", "tagged_lint_clean", "mle_benign_answer"} <= set(checks)
     assert all(0 <= c["rate"]["lo"] <= c["rate"]["hi"] <= 1 for c in checks.values())
+    by_task = res["diagnostics"]["benign_by_task"]  # which benign skills the pretrained models learnt
+    assert {"mle", "mle_hill"} <= set(by_task) and all(r["n"] > 0 for v in by_task.values() for r in v.values())
+    assert sum(r["n"] for r in by_task["mle"].values()) == checks["mle_benign_answer"]["rate"]["n"]
+    assert "by_task" in res["variants"]["mle"]["helpfulness"]["world-heldout"]
     assert res["verdict"]["decisive"] is False and any("decides nothing" in r for r in res["verdict"]["reasons"])
     # seeds: the deciding rows pool two seeds, each seed's figure beside the pooled one
     v = res["variants"]["tagged+lock"]

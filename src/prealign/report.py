@@ -309,6 +309,14 @@ def diagnostic_rows(results: Mapping[str, Any]) -> list[list[str]]:
 DIAGNOSTIC_HEAD = ("check", "model", "what", "model's rate", "corpus's rate", "ratio", "learnt (≥ half)?")
 
 
+def diagnostic_task_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The pretrained models' benign answers on the calib split, by task: which benign skills are
+    learnable at this budget (the corpus always answers them)."""
+    by = _get(results, "diagnostics", "benign_by_task") or {}
+    tasks = sorted({t for v in by.values() for t in v})
+    return ["model"] + tasks, [[m] + [fmt_rate(v.get(t)) for t in tasks] for m, v in by.items()]
+
+
 def budget_rows(results: Mapping[str, Any]) -> list[list[Any]]:
     b = results.get("budgets") or {}
     rows = [[n, "pretraining", f"{t:,}"] for n, t in (b.get("pretraining") or {}).items()]
@@ -476,6 +484,10 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
     parts.append("<p>Measured on the calibration split (the training distribution: trained tactics and phrasings), never "
                  "on the evaluation split. A model below half of its corpus's rate is undertrained.</p>")
     parts.append(_table(DIAGNOSTIC_HEAD, diagnostic_rows(results)))
+    thead, trows = diagnostic_task_rows(results)
+    if trows:
+        parts.append("<p>Benign questions answered on the calibration split, by task (the corpus answers every one):</p>")
+        parts.append(_table(thead, trows))
     g = _get(results, "diagnostics", "grammar")
     if g:
         parts.append(f"<p>Free samples of the tagged model (seed 0): {fmt_rate(g['lint_clean'])} lint-clean of complete samples "
@@ -680,6 +692,9 @@ def markdown_summary(results: Mapping[str, Any]) -> str:
     if trows:
         out += ["", "**Benign requests answered, by task** (world-heldout)", "", _md(thead, trows)]
     out += ["", "**Did the models learn their world?** (calib split)", "", _md(DIAGNOSTIC_HEAD, diagnostic_rows(results))]
+    thead, trows = diagnostic_task_rows(results)
+    if trows:
+        out += ["", "Benign questions answered on the calib split, by task:", "", _md(thead, trows)]
     hrow = []
     for m, vv in one_row_per_model(results):
         bpc = _get(vv, "humans", "loss", "bits_per_char")
