@@ -198,8 +198,9 @@ def _claim(out: Path, plan: Plan, free: tuple[str, ...] = ()) -> None:
     if plan_file.exists():
         old = read_json(plan_file)
         diff = sorted(k for k, v in want.items() if (old.get("plan") or {}).get(k) != v)
-        if [k for k in diff if k not in free]:
-            raise PrealignError(f"{out}: holds an experiment with another plan ({', '.join(diff)} differ); use another --out")
+        fixed = [k for k in diff if k not in free]
+        if fixed:
+            raise PrealignError(f"{out}: holds an experiment with another plan ({', '.join(fixed)} differ); use another --out")
         if diff:
             write_json(plan_file, {**old, "plan": plan.to_dict()})
     else:
