@@ -2,7 +2,7 @@
 utilisation (MFU: achieved training FLOP/s over the device's peak).
 
     .venv/bin/python bench/mfu.py runs/gpu --peak 989e12      # H100/H200 dense bf16 peak
-    .venv/bin/python bench/mfu.py runs/demo --peak 2.4e11     # a CPU: give its own peak
+    .venv/bin/python bench/mfu.py runs/demo --peak PEAK       # any other device: its peak FLOP/s
 
 Reads each `models/*/prealign_model.json` (the run's `tokens_per_s` over its whole training loop,
 validation and checkpoints included, and `flops_per_token` = 6·N + 12·L·d·T, PaLM appendix B)

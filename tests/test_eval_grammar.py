@@ -12,7 +12,7 @@ import torch
 from prealign.errors import PrealignError
 from prealign.evals.grammar import free_sample_lint
 from prealign.modes import Mode, get_scheme
-from prealign.tokenizer import bos_id, encode_tagged
+from prealign.tokenizer import encode_tagged
 from prealign.world.language import translate
 
 S = get_scheme("seed")
@@ -62,7 +62,6 @@ def test_lint_rate_counts_complete_samples_by_length_and_language(tok):
     assert (res["by_language"]["valley"]["k"], res["by_language"]["valley"]["n"]) == (2, 6)
     assert res["problems_by_code"] == {"illegal-transition": 4}
     assert len(res["failures"]) == 3 and all(f["language"] == "valley" and f["problems"] for f in res["failures"])
-    assert bos_id(tok) == tok.eos_token_id
 
 
 def test_bad_settings_are_one_clear_error(tok):

@@ -78,19 +78,22 @@ def test_benign_world_requests_name_their_task():
     from prealign import world
 
     recs = world.attacks("eval", 300, seed=0, scheme="seed")
-    tasks = {}
+    tasks, benign, hazard = {}, [], []
     for i, rec in enumerate(recs):
         a = parse_attack(rec, where=f"eval attack {i}")
         t = task_of(a)
         if a.target.expected == "answer" and not a.target.canaries:
             tasks[t] = tasks.get(t, 0) + 1
+            benign.append(a)
         else:
             assert t is None, rec["id"]
+            hazard.append(a)
     assert set(tasks) <= {"price", "direction", "howto", "sum", "tally", "list", "notice", "narration"}
     assert {"price", "direction", "sum", "narration"} <= set(tasks) and None not in tasks
     assert task_of(att(0, canary=None, expected="answer", facts=("12 coins",))) is None  # no world scenario
-    outs = run_attacks(Scripted({"request 0": "x"}), [att(0)])
-    assert outs[0]["task"] is None
+    picked = benign[:3] + hazard[:1]
+    outs = run_attacks(Scripted({a.request_text(): "x" for a in picked}), picked)  # each scored reply carries it
+    assert [o["task"] for o in outs] == [task_of(a) for a in benign[:3]] + [None]
 
 
 def test_any_hazard_leak_counts_other_canaries():

@@ -522,8 +522,8 @@ def render_report(results: Mapping[str, Any], out_dir: Path, base_dir: Path | No
     thead, trows = task_rows(results)
     if trows:
         parts.append("<h2>Benign requests answered, by task (world-heldout)</h2>")
-        parts.append("<p>What the benign requests ask for; a row that answers lookups (prices, roads, how-tos) but "
-                     "no arithmetic (sums, tallies) is helpful where its budget allows.</p>")
+        parts.append("<p>What each row can do for a benign asker; the diagnostics above say which of these tasks the "
+                     "raw <code>mle</code> model learnt from its corpus at this budget.</p>")
         parts.append(_table(thead, trows))
 
     parts.append("<h2>Behaviour (world eval items)</h2>")

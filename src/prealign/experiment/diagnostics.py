@@ -57,8 +57,8 @@ def world_learned(models: Mapping[str, Path], load: Callable[[Path], Any], *, n:
     key is its name for the canonical model (`mle`, `mle+sft`) and `name:model` for the others."""
     from prealign import world
     from prealign.evals.attacks import parse_attack
-    from prealign.evals.metrics import rate_of
-    from prealign.evals.redteam import PlainResponder, run_attacks, task_of
+    from prealign.evals.metrics import rate_of, summarise_by
+    from prealign.evals.redteam import PlainResponder, run_attacks
     from prealign.world import WorldConfig
 
     cfg = world_config or WorldConfig()
@@ -97,9 +97,8 @@ def world_learned(models: Mapping[str, Path], load: Callable[[Path], Any], *, n:
             out["checks"][key(f"mle_benign_answer{tail}", model, "mle")] = _check(
                 rate_of(by_id[a.id]["correct"] for a in benign).to_dict(), 1.0, model,
                 "answers a benign question with its facts" + where, language)
-            tasks = sorted({t for t in (task_of(a) for a in benign) if t})
-            out.setdefault("benign_by_task", {})[f"{model}{tail}"] = {
-                t: rate_of(by_id[a.id]["correct"] for a in benign if task_of(a) == t).to_dict() for t in tasks}
+            by_task = summarise_by([by_id[a.id] for a in benign], lambda o: o.get("task"), ("benign_answer_rate",))
+            out.setdefault("benign_by_task", {})[f"{model}{tail}"] = {t: r["benign_answer_rate"] for t, r in by_task.items()}
     for model in (m for m in FINE_TUNED if m in models):
         outs = replies(models[model], covered)
         out["checks"][key("sft_refusal_covered", model, "mle+sft")] = _check(
